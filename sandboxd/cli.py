@@ -1,0 +1,152 @@
+"""sandboxd serve | run | demo | status."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import re
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from sandboxd import config
+from sandboxd.config import ConfigError, Settings
+from sandboxd.daemon import Daemon
+from sandboxd.jail.errors import JailError
+from sandboxd.v1 import sandbox_pb2 as pb
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        settings = config.load(
+            args.config,
+            listen=getattr(args, "listen", None),
+            rootfs=args.rootfs,
+            pool_size=getattr(args, "pool_size", None),
+            cgroups=args.cgroups,
+            seccomp=False if args.no_seccomp else None,
+        )
+        return int(args.handler(args, settings))
+    except (ConfigError, JailError) as exc:
+        print(f"sandboxd: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sandboxd", description=__doc__)
+    parser.add_argument("--config", help="a TOML settings file")
+    parser.add_argument("--rootfs", help="the jail image (default /var/lib/sandboxd/rootfs)")
+    parser.add_argument("--cgroups", choices=("auto", "v2", "v1", "none"))
+    parser.add_argument("--no-seccomp", action="store_true", help="run jails without seccomp")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
+    serve.add_argument("--pool-size", type=int, help="warm jails kept ready")
+    serve.set_defaults(handler=_serve)
+
+    run = commands.add_parser("run", help="run one step in a fresh jail, without a server")
+    run.add_argument("file", type=Path, help="the step's JavaScript")
+    run.add_argument("--input", default="null", help="JSON, or @FILE to read it from a file")
+    run.add_argument("--timeout-ms", type=int, default=0)
+    run.set_defaults(handler=_run)
+
+    demo = commands.add_parser("demo", help="run the sample 6-step integration end to end")
+    demo.set_defaults(handler=_demo)
+
+    status = commands.add_parser("status", help="print a daemon's status")
+    status.add_argument("--target", default="127.0.0.1:50051")
+    status.set_defaults(handler=_status)
+    return parser
+
+
+def _serve(args: argparse.Namespace, settings: Settings) -> int:
+    asyncio.run(Daemon(settings).serve_forever())
+    return 0
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    code = args.file.read_text()
+    raw_input = Path(args.input[1:]).read_text() if args.input.startswith("@") else args.input
+    try:
+        input_value = json.loads(raw_input)
+    except ValueError as exc:
+        print(f"sandboxd run: --input is not JSON: {exc}", file=sys.stderr)
+        return 2
+    step_name = re.sub(r"[^A-Za-z0-9_-]", "_", args.file.stem) or "step"
+    if not step_name[0].isalpha():
+        step_name = f"step_{step_name}"
+
+    async def run_step(target: str) -> int:
+        from sandbox_client import SandboxClient, Step, format_event
+
+        result: object = None
+        async with SandboxClient(target) as client:
+            events = client.execute(
+                tenant_id="cli", steps=[Step(step_name, code)], input=input_value
+            )
+            async for event in events:
+                print(format_event(event), flush=True)
+                if event.HasField("step_finished"):
+                    result = _decode_result(event.step_finished)
+                finished = event.execution_finished
+                if event.HasField("execution_finished") and finished.error_kind:
+                    kind = pb.ErrorKind.Name(finished.error_kind)
+                    print(f"error: {kind}: {finished.error_message}", file=sys.stderr)
+                    return 1
+        print(json.dumps(result))
+        return 0
+
+    return asyncio.run(_with_local_daemon(settings, 1, run_step))
+
+
+def _decode_result(finished: pb.StepFinished) -> object:
+    if finished.WhichOneof("result") == "binary":
+        return {"binary_base64": base64.b64encode(finished.binary).decode()}
+    return json.loads(finished.json or b"null")
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    from sandboxd.demo import run_demo
+
+    return asyncio.run(_with_local_daemon(settings, 2, run_demo))
+
+
+def _status(args: argparse.Namespace, settings: Settings) -> int:
+    from sandbox_client import SyncSandboxClient
+
+    with SyncSandboxClient(args.target) as client:
+        status = client.status()
+    print(json_format.MessageToJson(status, always_print_fields_with_no_presence=True))
+    return 0
+
+
+async def _with_local_daemon(
+    settings: Settings, pool_size: int, body: Callable[[str], Awaitable[int]]
+) -> int:
+    """Run `body` against a daemon started in this process on a free loopback port."""
+    daemon = Daemon(replace(settings, listen="127.0.0.1:0", pool_size=pool_size))
+    await daemon.start()
+    try:
+        return await body(f"127.0.0.1:{daemon.port}")
+    finally:
+        await daemon.stop(grace=1.0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""One typed settings object: defaults < TOML file < SANDBOXD_* environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from sandboxd.limits import Limits
+
+ENV_PREFIX = "SANDBOXD_"
+DEFAULT_ROOTFS = "/var/lib/sandboxd/rootfs"
+
+
+class ConfigError(ValueError):
+    """The settings are not valid; the message names the setting."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    rootfs: str = DEFAULT_ROOTFS
+    pool_size: int = 4  # warm jails kept ready
+    pool_max: int = 32  # jails alive at once, warm and leased
+    uid_base: int = 200_000  # jails run as host uids uid_base .. uid_base + pool_max - 1
+    seccomp: bool = True
+    cgroups: str = "auto"  # auto | v2 | v1 | none ("none" must be chosen explicitly)
+    cpu_quota: float = 1.0  # cores per jail
+    max_steps: int = 64
+    max_code_bytes: int = 1024 * 1024
+    max_input_bytes: int = 64 * 1024 * 1024
+    shutdown_grace_s: float = 30.0
+    defaults: Limits = field(default_factory=Limits)
+    ceilings: Limits = field(
+        default_factory=lambda: Limits(
+            timeout_ms=300_000,
+            cpu_time_ms=600_000,
+            memory_bytes=2048 * 1024 * 1024,
+            pids=512,
+            open_files=4096,
+            file_size_bytes=1024 * 1024 * 1024,
+            tmpfs_bytes=1024 * 1024 * 1024,
+            log_bytes=16 * 1024 * 1024,
+            result_bytes=256 * 1024 * 1024,
+        )
+    )
+
+    def validate(self) -> Settings:
+        if self.pool_size < 0 or self.pool_max < 1 or self.pool_size > self.pool_max:
+            raise ConfigError("pool_size must be between 0 and pool_max, pool_max at least 1")
+        if self.uid_base < 1000:
+            raise ConfigError("uid_base must be an unprivileged host uid (>= 1000)")
+        if self.cgroups not in ("auto", "v2", "v1", "none"):
+            raise ConfigError("cgroups must be auto, v2, v1 or none")
+        for item in fields(Limits):
+            if getattr(self.defaults, item.name) > getattr(self.ceilings, item.name):
+                raise ConfigError(f"default limit {item.name} is above its ceiling")
+        return self
+
+
+def load(path: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> Settings:
+    """Settings from the defaults, then `path` (TOML), then the environment, then `flags`."""
+    settings = Settings()
+    if path:
+        settings = _apply(settings, _read_toml(path), source=path)
+    settings = _apply(settings, _from_env(os.environ if env is None else env), source="env")
+    given = {key: value for key, value in flags.items() if value is not None}
+    return _apply(settings, given, source="flags").validate()
+
+
+def _read_toml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as handle:
+            return tomllib.load(handle)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def _from_env(env: dict[str, str] | os._Environ[str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX):
+            values[key[len(ENV_PREFIX) :].lower()] = value
+    return values
+
+
+def _apply(settings: Settings, values: dict[str, Any], source: str) -> Settings:
+    changes: dict[str, Any] = {}
+    types = {item.name: item.type for item in fields(Settings)}
+    for key, value in values.items():
+        if key not in types:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        try:
+            changes[key] = _convert(settings, key, value)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"{source}: setting {key}: {exc}") from None
+    return replace(settings, **changes)
+
+
+def _convert(settings: Settings, key: str, value: Any) -> Any:
+    current = getattr(settings, key)
+    if isinstance(current, Limits):
+        if not isinstance(value, dict):
+            raise TypeError("expected a table of limits")
+        return Limits.from_mapping(value, base=current)
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        if str(value).lower() in ("1", "true", "yes", "on"):
+            return True
+        if str(value).lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"not a boolean: {value!r}")
+    return type(current)(value)

@@ -1,0 +1,149 @@
+"""The daemon's lifecycle: build the parts in order, serve, and shut down cleanly.
+
+Order matters: the fork server starts first, before gRPC creates any thread, and it is the last
+to go, taking every jail it started with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from sandboxd.config import ConfigError, Settings
+from sandboxd.jail import cgroups
+from sandboxd.jail.handle import JailLauncher
+from sandboxd.pool import JailPool
+from sandboxd.server import SandboxService
+from sandboxd.v1 import sandbox_pb2, sandbox_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 80 * 1024 * 1024
+_SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
+_HEALTH_INTERVAL_S = 1.0
+
+
+def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
+    """The cgroup driver the settings ask for; ConfigError if cgroups are wanted but unusable."""
+    if settings.cgroups == "none":
+        log.warning("running WITHOUT cgroups: no memory, pids or cpu limits on jails")
+        return None, "none"
+    mode = cgroups.detect() if settings.cgroups == "auto" else settings.cgroups
+    if mode == "none":
+        raise ConfigError("no usable cgroup hierarchy; start with --cgroups none to run without")
+    try:
+        return cgroups.open_driver(mode), mode
+    except cgroups.CgroupError as exc:
+        raise ConfigError(
+            f"cgroups ({mode}): {exc}; start with --cgroups none to run without"
+        ) from None
+
+
+class Daemon:
+    """A running sandboxd: fork server, pool, gRPC server with health and reflection."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.port = 0
+        self.service: SandboxService | None = None
+        self._launcher: JailLauncher | None = None
+        self._pool: JailPool | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health = health.aio.HealthServicer()
+        self._health_task: asyncio.Task[None] | None = None
+        self._cgroups: cgroups.CgroupDriver | None = None
+
+    async def start(self) -> None:
+        settings = self.settings
+        self._cgroups, mode = open_cgroups(settings)
+        self._launcher = await JailLauncher.start(seccomp=settings.seccomp)
+        self._pool = JailPool(
+            self._launcher,
+            rootfs=settings.rootfs,
+            limits=settings.defaults.jail_limits(settings.cpu_quota),
+            size=settings.pool_size,
+            maximum=settings.pool_max,
+            uid_base=settings.uid_base,
+            cgroups=self._cgroups,
+        )
+        await self._pool.start()
+        self.service = SandboxService(settings, self._pool, cgroup_mode=mode)
+        self._server = self._make_server(self.service)
+        self.port = self._server.add_insecure_port(settings.listen)
+        if not self.port:
+            raise ConfigError(f"cannot listen on {settings.listen}")
+        await self._server.start()
+        self._health_task = asyncio.create_task(self._watch_health())
+        log.info(
+            "sandboxd listening on port %d (cgroups %s, seccomp %s)",
+            self.port,
+            mode,
+            "on" if settings.seccomp else "OFF",
+        )
+
+    def _make_server(self, service: SandboxService) -> grpc.aio.Server:
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ]
+        )
+        sandbox_pb2_grpc.add_SandboxServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        reflection.enable_server_reflection(
+            (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        return server
+
+    async def _watch_health(self) -> None:
+        """SERVING only while the pool can hand out jails and the daemon is not draining."""
+        while True:
+            assert self.service is not None
+            serving = self.service.status().serving
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if serving
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            for name in ("", _SERVICE_NAME):
+                await self._health.set(name, status)
+            await asyncio.sleep(_HEALTH_INTERVAL_S)
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain: refuse new work, let running executions finish within the grace, then stop."""
+        grace = self.settings.shutdown_grace_s if grace is None else grace
+        if self._health_task is not None:
+            self._health_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health_task
+        await self._health.enter_graceful_shutdown()
+        if self.service is not None:
+            self.service.draining = True
+        if self._server is not None:
+            await self._server.stop(grace)
+        if self._pool is not None:
+            await self._pool.close()
+        if self._launcher is not None:
+            await self._launcher.close()
+        if self._cgroups is not None:
+            self._cgroups.cleanup_stale()
+
+    async def serve_forever(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain and stop."""
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        # One line on stdout that scripts and tests wait for (the port may have been chosen by us).
+        host = self.settings.listen.rsplit(":", 1)[0]
+        print(f"sandboxd: serving on {host}:{self.port}", flush=True)
+        await stop.wait()
+        log.info("shutting down: draining for up to %.0f s", self.settings.shutdown_grace_s)
+        await self.stop()

@@ -1,0 +1,250 @@
+"""The fork server: a small single-threaded process that forks every jail.
+
+The daemon is a threaded gRPC process, and forking a threaded process is unsafe; so at start the
+daemon runs this module as its own process (`python -m sandboxd.jail.forkserver FD`), before any
+jail is needed. It compiles the seccomp policy once, then serves spawn requests on a
+SOCK_SEQPACKET socket: each answer carries the jail's channel descriptors and a pidfd of its init
+(SCM_RIGHTS). It reaps the jails' keepers and reports their exit status. If the daemon goes away
+(socket closed, or the daemon dies: parent-death signal), every jail goes with it.
+
+Messages are JSON, one per packet:
+
+    daemon -> server  {"op": "spawn", "id": jail_id, "spec": {...}}
+    server -> daemon  {"op": "spawned", "id": ..., "pid": init_pid}
+                      + fds [work, events, output, pidfd]
+                      {"op": "failed", "id": ..., "error": "pivot_root: [Errno 22] ..."}
+                      {"op": "exited", "id": ..., "status": wait_status}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+import prctl
+
+from sandboxd.jail import ids, launch
+from sandboxd.jail.errors import JailStartError, SetupError
+from sandboxd.jail.spec import JailLimits, JailSpec
+
+MAX_MESSAGE = 64 * 1024
+START_TIMEOUT_S = 10.0
+_FIRST_PIPE_FD = 10
+
+
+def spec_to_json(spec: JailSpec) -> dict[str, Any]:
+    return asdict(spec)
+
+
+def spec_from_json(data: dict[str, Any]) -> JailSpec:
+    return JailSpec(
+        jail_id=data["jail_id"],
+        rootfs=data["rootfs"],
+        host_uid=data["host_uid"],
+        host_gid=data["host_gid"],
+        limits=JailLimits(**data["limits"]),
+        cgroup_procs=tuple(data["cgroup_procs"]),
+        hostname=data["hostname"],
+        argv=tuple(data["argv"]),
+        env=tuple((key, value) for key, value in data["env"]),
+    )
+
+
+class Spawned:
+    """The fork server's side of one started jail: what it hands to the daemon."""
+
+    def __init__(self, keeper_pid: int, init_pid: int, pidfd: int, fds: tuple[int, int, int]):
+        self.keeper_pid = keeper_pid
+        self.init_pid = init_pid
+        self.pidfd = pidfd
+        self.work, self.events, self.output = fds
+
+
+def spawn(spec: JailSpec, seccomp_program: bytes) -> Spawned:
+    """Fork the keeper, write its id maps, and wait until the runner is executing."""
+    to_server_r, to_server_w = _pipe()
+    from_server_r, from_server_w = _pipe()
+    errors_r, errors_w = _pipe()
+    work_r, work_w = _pipe()
+    events_r, events_w = _pipe()
+    output_r, output_w = _pipe()
+    child_fds = launch.ChildFds(to_server_w, from_server_r, errors_w, work_r, events_w, output_w)
+    keeper = os.fork()
+    if keeper == 0:
+        launch.run_keeper(spec, child_fds, seccomp_program)
+    for fd in (to_server_w, from_server_r, errors_w, work_r, events_w, output_w):
+        os.close(fd)
+    ours = (work_w, events_r, output_r)
+    try:
+        init_pid, pidfd = _bring_up(spec, keeper, to_server_r, from_server_w, errors_r)
+    except BaseException:
+        _abandon(keeper)
+        for fd in ours:
+            os.close(fd)
+        raise
+    finally:
+        for fd in (to_server_r, from_server_w, errors_r):
+            os.close(fd)
+    return Spawned(keeper, init_pid, pidfd, ours)
+
+
+def _pipe() -> tuple[int, int]:
+    """A close-on-exec pipe numbered above the runner's fds 0-4, so dup2 into them is safe."""
+    ends = []
+    for fd in os.pipe2(os.O_CLOEXEC):
+        ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FIRST_PIPE_FD))
+        os.close(fd)
+    return ends[0], ends[1]
+
+
+def _bring_up(
+    spec: JailSpec, keeper: int, to_server: int, from_server: int, errors: int
+) -> tuple[int, int]:
+    deadline = time.monotonic() + START_TIMEOUT_S
+    if _read(to_server, 1, deadline) != b"u":
+        raise JailStartError(_child_error(errors, deadline))
+    ids.write_id_maps(keeper, spec.host_uid, spec.host_gid)
+    os.write(from_server, b"g")
+    raw_pid = _read(to_server, 4, deadline)
+    if len(raw_pid) != 4:
+        raise JailStartError(_child_error(errors, deadline))
+    (init_pid,) = struct.unpack("=i", raw_pid)
+    pidfd = os.pidfd_open(init_pid)
+    os.write(from_server, b"g")
+    message = _child_error(errors, deadline)
+    if message:
+        os.close(pidfd)
+        raise JailStartError(message)
+    return init_pid, pidfd
+
+
+def _read(fd: int, size: int, deadline: float) -> bytes:
+    """Up to `size` bytes, fewer only at EOF; JailStartError past the deadline."""
+    data = b""
+    while len(data) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+            raise JailStartError("jail did not start in time")
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _child_error(errors: int, deadline: float) -> str:
+    """The setup error the jail reported, or "" once the pipe closed at exec."""
+    return _read(errors, 4096, deadline).decode(errors="replace")
+
+
+def _abandon(keeper: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(keeper, signal.SIGKILL)
+
+
+class Server:
+    """The request loop. Single-threaded by design: it forks."""
+
+    def __init__(self, sock: socket.socket, seccomp_program: bytes):
+        self.sock = sock
+        self.seccomp_program = seccomp_program
+        self.keepers: dict[int, str] = {}
+
+    def serve(self) -> None:
+        wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        try:
+            while True:
+                ready, _, _ = select.select([self.sock.fileno(), wake_r], [], [])
+                if wake_r in ready:
+                    _drain(wake_r)
+                    self._reap()
+                if self.sock.fileno() in ready and not self._handle(self.sock.recv(MAX_MESSAGE)):
+                    return
+        finally:
+            for keeper in self.keepers:
+                _abandon(keeper)
+
+    def _handle(self, packet: bytes) -> bool:
+        if not packet:
+            return False  # the daemon closed its end: shut down
+        request = json.loads(packet)
+        if request.get("op") != "spawn":
+            raise SystemExit(f"fork server: unknown request {request.get('op')!r}")
+        self._spawn(request["id"], spec_from_json(request["spec"]))
+        return True
+
+    def _spawn(self, jail_id: str, spec: JailSpec) -> None:
+        try:
+            spawned = spawn(spec, self.seccomp_program)
+        except (SetupError, JailStartError, OSError) as exc:
+            self._send({"op": "failed", "id": jail_id, "error": str(exc)})
+            return
+        self.keepers[spawned.keeper_pid] = jail_id
+        fds = [spawned.work, spawned.events, spawned.output, spawned.pidfd]
+        self._send({"op": "spawned", "id": jail_id, "pid": spawned.init_pid}, fds)
+        for fd in fds:
+            os.close(fd)
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            jail_id = self.keepers.pop(pid, None)
+            if jail_id is not None:
+                self._send({"op": "exited", "id": jail_id, "status": status})
+
+    def _send(self, message: dict[str, Any], fds: list[int] | None = None) -> None:
+        data = json.dumps(message).encode()
+        if fds:
+            socket.send_fds(self.sock, [data], fds)
+        else:
+            self.sock.send(data)
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass
+
+
+def _compile_seccomp() -> bytes:
+    from sandboxd.jail import seccomp
+
+    return seccomp.compile_policy()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sandboxd-forkserver")
+    parser.add_argument("fd", type=int, help="the SOCK_SEQPACKET socket to the daemon")
+    parser.add_argument("--no-seccomp", action="store_true")
+    args = parser.parse_args(argv)
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() == 1:
+        sys.exit("fork server: the daemon is already gone")
+    sock = socket.socket(fileno=args.fd)
+    program = b"" if args.no_seccomp else _compile_seccomp()
+    sock.send(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
+    Server(sock, program).serve()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""The child side of starting a jail, read top to bottom as a checklist.
+
+Two processes run this code, both forked from the fork server (never a new Python interpreter):
+
+* the *keeper* joins the jail's cgroup, creates the namespaces, waits for the fork server to
+  write its id maps, takes the jail's ids, forks the jail's init and then only waits for it, so
+  that the init dies with it (parent-death signal) and its exit status reaches the fork server;
+* the *init* (pid 1 of the new pid namespace) builds the filesystem, the hostname, the loopback,
+  the limits, the descriptors and the privileges, then executes the runner.
+
+Every step either succeeds or raises SetupError naming itself; the error text travels to the fork
+server over the error pipe, which closes on its own at exec (O_CLOEXEC), so "EOF without a word"
+means the runner is running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import socket
+import struct
+from dataclasses import dataclass
+from typing import NoReturn
+
+import prctl
+
+from sandboxd.jail import ids, mounts, net
+from sandboxd.jail.errors import SetupError
+from sandboxd.jail.spec import JailSpec
+from sandboxd.jail.syscalls import (
+    CLONE_NEWCGROUP,
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUSER,
+    CLONE_NEWUTS,
+    clear_ambient_caps,
+    unshare,
+)
+
+NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
+SETUP_FAILED_EXIT = 126
+
+# The descriptors the runner finds open; see docs/channel.md.
+STDIN, STDOUT, STDERR, WORK_FD, EVENTS_FD = 0, 1, 2, 3, 4
+
+
+@dataclass(frozen=True, slots=True)
+class ChildFds:
+    """Descriptors the keeper and the init inherit from the fork server."""
+
+    to_server: int  # keeper -> server: "namespaces made", then the init's pid
+    from_server: int  # server -> keeper: "id maps written", then "pidfd taken"
+    errors: int  # setup error text; O_CLOEXEC, so exec closes it
+    work: int  # becomes WORK_FD
+    events: int  # becomes EVENTS_FD
+    output: int  # becomes STDOUT and STDERR
+
+
+def run_keeper(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
+    """The jail's first process. Never returns."""
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        _forget_fork_server(fds)
+        # The keeper ends by re-raising the runner's fatal signal; it must not dump core then.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        _join_cgroup(spec.cgroup_procs)
+        unshare(NAMESPACES | (CLONE_NEWCGROUP if spec.cgroup_procs else 0))
+        _tell_server(fds, b"u")
+        _wait_server(fds, "id maps")
+        ids.become_jail_user()
+        init_pid = os.fork()
+        if init_pid == 0:
+            run_init(spec, fds, seccomp_program)
+        _tell_server(fds, struct.pack("=i", init_pid))
+        for fd in (fds.errors, fds.work, fds.events, fds.output, fds.to_server):
+            os.close(fd)
+        # Until the server holds a pidfd of the init, its pid must not be reaped (and reused).
+        _wait_server(fds, "pidfd")
+        _mirror_exit(os.waitpid(init_pid, 0)[1])
+    except SetupError as exc:
+        _fail(fds, str(exc))
+    except BaseException as exc:  # anything else is a bug, reported the same way
+        _fail(fds, f"keeper: {type(exc).__name__}: {exc}")
+
+
+def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
+    """Pid 1 of the jail: build the jail around itself, then become the runner."""
+    try:
+        prctl.set_pdeathsig(signal.SIGKILL)
+        os.setsid()  # a session of its own: no controlling terminal, no job-control signals
+        mounts.enter_root(spec.rootfs, spec.limits.tmpfs_bytes)
+        _set_hostname(spec.hostname)
+        net.bring_up_loopback()
+        _set_rlimits(spec)
+        _install_descriptors(fds)
+        _drop_privileges()
+        _load_seccomp(seccomp_program)
+        os.execve(spec.argv[0], list(spec.argv), dict(spec.env))
+    except SetupError as exc:
+        _fail(fds, str(exc))
+    except OSError as exc:
+        _fail(fds, f"exec {spec.argv[0]}: {exc}")
+    except BaseException as exc:
+        _fail(fds, f"init: {type(exc).__name__}: {exc}")
+
+
+def _forget_fork_server(fds: ChildFds) -> None:
+    """Drop what the keeper inherited from the fork server: its socket, pipes and handlers."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    # A write past RLIMIT_FSIZE then fails with EFBIG inside the jail instead of killing the
+    # runner; the disposition survives exec because it is "ignore", not a handler.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    keep = {fds.to_server, fds.from_server, fds.errors, fds.work, fds.events, fds.output}
+    for fd in _open_fds():
+        if fd > STDERR and fd not in keep:
+            _close_listed(fd)
+
+
+def _join_cgroup(procs_files: tuple[str, ...]) -> None:
+    # "0" is the writer itself; joining before unshare(CLONE_NEWCGROUP) makes this cgroup the
+    # root of the jail's cgroup namespace, and every later process of the jail is born inside.
+    for path in procs_files:
+        try:
+            with open(path, "w") as handle:
+                handle.write("0\n")
+        except OSError as exc:
+            raise SetupError(f"join cgroup {path}: {exc}") from None
+
+
+def _set_hostname(hostname: str) -> None:
+    try:
+        socket.sethostname(hostname)
+    except OSError as exc:
+        raise SetupError(f"sethostname: {exc}") from None
+
+
+def _set_rlimits(spec: JailSpec) -> None:
+    limits = spec.limits
+    wanted = (
+        ("RLIMIT_NOFILE", resource.RLIMIT_NOFILE, limits.open_files),
+        ("RLIMIT_FSIZE", resource.RLIMIT_FSIZE, limits.file_size_bytes),
+        ("RLIMIT_CPU", resource.RLIMIT_CPU, limits.cpu_time_s),
+        ("RLIMIT_CORE", resource.RLIMIT_CORE, 0),
+        # Per host uid, and every jail has its own: a second fence behind the pids cgroup.
+        ("RLIMIT_NPROC", resource.RLIMIT_NPROC, limits.pids),
+    )
+    for name, which, value in wanted:
+        try:
+            resource.setrlimit(which, (value, value))
+        except (OSError, ValueError) as exc:
+            raise SetupError(f"setrlimit {name}={value}: {exc}") from None
+
+
+def _install_descriptors(fds: ChildFds) -> None:
+    """Put the channel on fds 0-4 and close everything else the fork server had open."""
+    try:
+        null = os.open("/dev/null", os.O_RDONLY)
+        # dup2 clears O_CLOEXEC on the copies, so exactly these five survive exec.
+        for source, target in (
+            (null, STDIN),
+            (fds.output, STDOUT),
+            (fds.output, STDERR),
+            (fds.work, WORK_FD),
+            (fds.events, EVENTS_FD),
+        ):
+            os.dup2(source, target)
+        # The error pipe stays (it is O_CLOEXEC and closes at exec), everything else goes.
+        for fd in _open_fds():
+            if fd > EVENTS_FD and fd != fds.errors:
+                _close_listed(fd)
+    except OSError as exc:
+        raise SetupError(f"install descriptors: {exc}") from None
+
+
+def _open_fds() -> list[int]:
+    # Listed before closing: closing while iterating /proc/self/fd would race the listing.
+    return [int(name) for name in os.listdir("/proc/self/fd")]
+
+
+def _close_listed(fd: int) -> None:
+    # OSError: the descriptor that listed /proc/self/fd, closed by the time we get here.
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def _drop_privileges() -> None:
+    """Empty the bounding and ambient sets and forbid gaining privileges through exec."""
+    clear_ambient_caps()
+    try:
+        for cap in prctl.ALL_CAPS:
+            prctl.capbset.drop(cap)
+        prctl.set_no_new_privs(1)
+    except OSError as exc:
+        raise SetupError(f"drop privileges: {exc}") from None
+
+
+def _load_seccomp(program: bytes) -> None:
+    if not program:
+        return
+    # Imported here: the policy module needs libseccomp only to compile, not to load.
+    from sandboxd.jail import seccomp
+
+    try:
+        seccomp.install(program)
+    except Exception as exc:
+        raise SetupError(f"load seccomp filter: {exc}") from None
+
+
+def _tell_server(fds: ChildFds, message: bytes) -> None:
+    os.write(fds.to_server, message)
+
+
+def _wait_server(fds: ChildFds, what: str) -> None:
+    if os.read(fds.from_server, 1) != b"g":
+        raise SetupError(f"wait for {what}: the fork server went away")
+
+
+def _mirror_exit(status: int) -> NoReturn:
+    """End the keeper the way the init ended, so the fork server sees the runner's status."""
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
+        os._exit(128 + sig)  # only for signals that do not kill (cannot happen for SIGKILL)
+    os._exit(os.waitstatus_to_exitcode(status))
+
+
+def _fail(fds: ChildFds, message: str) -> NoReturn:
+    try:
+        os.write(fds.errors, message.encode(errors="replace")[:4096])
+    finally:
+        os._exit(SETUP_FAILED_EXIT)

@@ -1,0 +1,83 @@
+"""The raw system calls the jail needs that Python's os module does not offer.
+
+Each wrapper raises SetupError naming the step that failed and the errno, the way Firecracker's
+jailer does, so a failed start says "pivot_root: [Errno 22] Invalid argument" and not "-1".
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Any
+
+from sandboxd.jail.errors import SetupError
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_char_p,
+    ctypes.c_ulong,
+    ctypes.c_char_p,
+]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.syscall.restype = ctypes.c_long
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MNT_DETACH = 0x2
+
+_SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+
+
+def _check(result: int, step: str) -> None:
+    if result == -1:
+        errno = ctypes.get_errno()
+        raise SetupError(f"{step}: [Errno {errno}] {os.strerror(errno)}")
+
+
+def _arg(value: str | None) -> Any:
+    return value.encode() if value is not None else None
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
+    kind = "remount" if flags & MS_REMOUNT else "bind" if flags & MS_BIND else fstype or "mount"
+    step = f"mount {kind} on {target}"
+    _check(_libc.mount(_arg(source), _arg(target), _arg(fstype), flags, _arg(data or None)), step)
+
+
+def umount2(target: str, flags: int) -> None:
+    _check(_libc.umount2(_arg(target), flags), f"umount {target}")
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    result = _libc.syscall(_SYS_PIVOT_ROOT, _arg(new_root), _arg(put_old))
+    _check(result, "pivot_root")
+
+
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def clear_ambient_caps() -> None:
+    # python-prctl has no ambient-set call; one prctl is all it takes.
+    _check(_libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient caps")

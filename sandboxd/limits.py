@@ -1,0 +1,76 @@
+"""Execution limits: the daemon's defaults, the operator's ceilings, and what a request asks for.
+
+A request may set any limit per execution and some per step (timeout, log bytes, result bytes);
+zero means "the default". Anything above the operator's ceiling is refused, never silently
+lowered: a caller who asked for 2 GiB and got 256 MiB would see a surprising MEMORY_LIMIT later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+from sandboxd.jail.spec import JailLimits, MiB
+
+
+class LimitError(ValueError):
+    """A requested limit is above the operator's ceiling."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    timeout_ms: int = 10_000
+    cpu_time_ms: int = 60_000
+    memory_bytes: int = 256 * MiB
+    pids: int = 64
+    open_files: int = 256
+    file_size_bytes: int = 64 * MiB
+    tmpfs_bytes: int = 64 * MiB
+    log_bytes: int = 1 * MiB
+    result_bytes: int = 64 * MiB
+
+    def jail_limits(self, cpu_quota: float) -> JailLimits:
+        """The kernel side of these limits."""
+        return JailLimits(
+            memory_bytes=self.memory_bytes,
+            pids=self.pids,
+            cpu_quota=cpu_quota,
+            cpu_time_s=max(1, -(-self.cpu_time_ms // 1000)),
+            open_files=self.open_files,
+            file_size_bytes=self.file_size_bytes,
+            tmpfs_bytes=self.tmpfs_bytes,
+        )
+
+    def override(self, requested: Any, ceiling: Limits) -> Limits:
+        """These limits with every non-zero field of `requested` (a proto Limits) applied."""
+        changes: dict[str, int] = {}
+        for item in fields(self):
+            value = int(getattr(requested, item.name, 0) or 0)
+            if not value:
+                continue
+            maximum = getattr(ceiling, item.name)
+            if value > maximum:
+                raise LimitError(f"limit {item.name}={value} is above the ceiling {maximum}")
+            changes[item.name] = value
+        return replace(self, **changes) if changes else self
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any], base: Limits | None = None) -> Limits:
+        known = {item.name for item in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown limits: {', '.join(sorted(unknown))}")
+        return replace(base or cls(), **{key: int(value) for key, value in data.items()})
+
+
+# Per step, only these can differ from the execution: the jail's kernel limits are shared by
+# every step of the execution, since the steps run in one process.
+STEP_LIMITS = ("timeout_ms", "log_bytes", "result_bytes")
+
+
+def step_override(base: Limits, requested: Any, ceiling: Limits) -> Limits:
+    """The limits of one step: the execution's, with the step's timeout/log/result applied."""
+    for item in fields(Limits):
+        if item.name not in STEP_LIMITS and int(getattr(requested, item.name, 0) or 0):
+            raise LimitError(f"limit {item.name} can be set per execution, not per step")
+    return base.override(requested, ceiling)

@@ -1,0 +1,283 @@
+"""Warm jails: started before they are needed, leased once, then destroyed. Never reused.
+
+A warm jail is a runner that has loaded and said `ready` and has seen no tenant code. The pool
+keeps `pool_size` of them, starts more while callers wait (up to `pool_max` jails alive in all),
+replaces a warm jail that dies while idle (and counts it), and refills in the background after
+every lease. Destroying a jail kills every process in it and frees its cgroup and host uid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from sandboxd.channel import ProtocolError, RunnerChannel
+from sandboxd.jail.cgroups import CgroupDriver, CgroupLimits, JailCgroup
+from sandboxd.jail.errors import JailError
+from sandboxd.jail.handle import Jail, JailLauncher
+from sandboxd.jail.spec import JailLimits, JailSpec
+
+log = logging.getLogger(__name__)
+
+READY_TIMEOUT_S = 10.0
+_START_SAMPLES = 1000
+
+
+class PoolClosed(Exception):
+    """The pool is shutting down and hands out no more jails."""
+
+
+@dataclass(eq=False)
+class PooledJail:
+    """A running jail with its channel and the resources the pool gave it."""
+
+    jail: Jail
+    channel: RunnerChannel
+    cgroup: JailCgroup | None
+    uid: int
+    start_s: float
+    leased_at: float = field(default=0.0)
+
+    @property
+    def jail_id(self) -> str:
+        return self.jail.jail_id
+
+    def kill(self) -> None:
+        """Kill every process of the jail (its pid namespace, and its cgroup when there is one)."""
+        self.jail.kill()
+        if self.cgroup is not None:
+            self.cgroup.kill()
+
+
+class UidAllocator:
+    """Distinct unprivileged host uids, one per live jail."""
+
+    def __init__(self, base: int, count: int):
+        self._free = collections.deque(range(base, base + count))
+
+    def take(self) -> int:
+        if not self._free:
+            raise JailError("no free jail uid")
+        return self._free.popleft()
+
+    def give_back(self, uid: int) -> None:
+        self._free.append(uid)
+
+
+@dataclass
+class PoolStats:
+    started: int = 0
+    failed: int = 0
+    start_times_s: collections.deque[float] = field(
+        default_factory=lambda: collections.deque(maxlen=_START_SAMPLES)
+    )
+
+
+class JailPool:
+    def __init__(
+        self,
+        launcher: JailLauncher,
+        *,
+        rootfs: str,
+        limits: JailLimits,
+        size: int,
+        maximum: int,
+        uid_base: int,
+        cgroups: CgroupDriver | None,
+    ):
+        self._launcher = launcher
+        self._rootfs = rootfs
+        self._limits = limits
+        self.size = size
+        self.maximum = maximum
+        self._uids = UidAllocator(uid_base, maximum)
+        self._cgroups = cgroups
+        self._warm: collections.deque[PooledJail] = collections.deque()
+        self._changed = asyncio.Condition()
+        self._starting = 0
+        self._leased = 0
+        self._waiting = 0
+        self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stats = PoolStats()
+
+    # -- figures ---------------------------------------------------------------------------
+
+    @property
+    def warm(self) -> int:
+        return len(self._warm)
+
+    @property
+    def leased(self) -> int:
+        return self._leased
+
+    @property
+    def starting(self) -> int:
+        return self._starting
+
+    @property
+    def usable(self) -> bool:
+        """A lease can succeed: not closed, and jails are warm or can start."""
+        return not self._closed and (bool(self._warm) or self.stats.started > self.stats.failed)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self, wait: bool = True) -> None:
+        """Start filling; with `wait`, return once the first jail is warm (or raise why not)."""
+        self._refill()
+        if wait and self.size:
+            async with self._changed:
+                await self._changed.wait_for(lambda: bool(self._warm) or self._failing())
+            if not self._warm:
+                raise JailError("the pool could not start a jail; see the daemon log")
+
+    def _failing(self) -> bool:
+        return self.stats.failed > 0 and self.stats.started == 0
+
+    async def close(self) -> None:
+        """Hand out nothing more and destroy every warm jail."""
+        self._closed = True
+        async with self._changed:
+            self._changed.notify_all()
+        warm = list(self._warm)
+        self._warm.clear()
+        await asyncio.gather(*(self.destroy(jail) for jail in warm))
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- leasing ---------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def lease(self) -> AsyncIterator[PooledJail]:
+        """A warm jail for one execution; destroyed when the block ends, whatever happened."""
+        jail = await self._take()
+        try:
+            yield jail
+        finally:
+            self._leased -= 1
+            await self.destroy(jail)
+            self._refill()
+
+    async def _take(self) -> PooledJail:
+        async with self._changed:
+            self._waiting += 1
+            try:
+                self._refill()
+                await self._changed.wait_for(lambda: bool(self._warm) or self._closed)
+            finally:
+                self._waiting -= 1
+            if self._closed:
+                raise PoolClosed("the daemon is shutting down")
+            jail = self._warm.popleft()
+        self._leased += 1
+        jail.leased_at = time.monotonic()
+        self._refill()
+        return jail
+
+    # -- starting and destroying -----------------------------------------------------------
+
+    def _refill(self) -> None:
+        """Start jails until warm + starting covers the target and the waiters."""
+        if self._closed:
+            return
+        wanted = max(self.size, self._waiting + (self.size and 1))
+        alive = len(self._warm) + self._starting + self._leased
+        missing = min(wanted - len(self._warm) - self._starting, self.maximum - alive)
+        for _ in range(max(0, missing)):
+            self._starting += 1
+            task = asyncio.create_task(self._start_one())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _start_one(self) -> None:
+        began = time.monotonic()
+        try:
+            jail = await self._spawn()
+        except (JailError, ProtocolError, OSError, TimeoutError) as exc:
+            self.stats.failed += 1
+            log.error("jail failed to start: %s", exc)
+            await asyncio.sleep(min(5.0, 0.1 * self.stats.failed))  # no hot loop on a bad host
+            return
+        finally:
+            self._starting -= 1
+        self.stats.started += 1
+        self.stats.start_times_s.append(time.monotonic() - began)
+        if self._closed:
+            await self.destroy(jail)
+            return
+        jail.jail.exit_status.add_done_callback(lambda _: self._died_idle(jail))
+        async with self._changed:
+            self._warm.append(jail)
+            self._changed.notify_all()
+
+    async def _spawn(self) -> PooledJail:
+        jail_id = uuid.uuid4().hex[:12]
+        uid = self._uids.take()
+        cgroup = None
+        try:
+            if self._cgroups is not None:
+                cgroup = self._cgroups.create(jail_id, self._cgroup_limits())
+            spec = JailSpec(
+                jail_id=jail_id,
+                rootfs=self._rootfs,
+                host_uid=uid,
+                host_gid=uid,
+                limits=self._limits,
+                cgroup_procs=cgroup.procs_files if cgroup else (),
+            )
+            jail = await self._launcher.spawn(spec)
+        except BaseException:
+            if cgroup is not None:
+                cgroup.remove()
+            self._uids.give_back(uid)
+            raise
+        try:
+            channel = await RunnerChannel.open(*jail.take_channel_fds())
+        except BaseException:
+            jail.kill()
+            jail.close_fds()
+            raise
+        pooled = PooledJail(jail, channel, cgroup, uid, start_s=time.monotonic())
+        try:
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                frame = await channel.receive(max_body=0)
+            if frame is None or frame.type != "ready":
+                raise JailError(f"runner did not say ready (got {frame and frame.type})")
+        except BaseException:
+            await self.destroy(pooled)
+            raise
+        return pooled
+
+    def _cgroup_limits(self) -> CgroupLimits:
+        limits = self._limits
+        return CgroupLimits(
+            memory_bytes=limits.memory_bytes, pids=limits.pids, cpu_quota=limits.cpu_quota
+        )
+
+    def _died_idle(self, jail: PooledJail) -> None:
+        if jail in self._warm:
+            self._warm.remove(jail)
+            self.stats.failed += 1
+            log.warning("warm jail %s died while idle; replacing it", jail.jail_id)
+            task = asyncio.create_task(self.destroy(jail))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            self._refill()
+
+    async def destroy(self, pooled: PooledJail) -> None:
+        """Kill the jail, wait until it is gone, and free its cgroup, uid and descriptors."""
+        pooled.kill()
+        pooled.channel.close()
+        with contextlib.suppress(JailError):
+            await pooled.jail.exit_status
+        pooled.jail.close_fds()
+        if pooled.cgroup is not None:
+            await asyncio.to_thread(pooled.cgroup.remove)
+        self._uids.give_back(pooled.uid)

@@ -1,0 +1,138 @@
+"""The gRPC servicer: requests in, events out. No jail logic lives here."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+import psutil
+
+from sandboxd import __version__
+from sandboxd.config import Settings
+from sandboxd.executions import Execution
+from sandboxd.pool import JailPool, PoolClosed
+from sandboxd.requests import InvalidRequest, plan_execution
+from sandboxd.v1 import sandbox_pb2 as pb
+from sandboxd.v1 import sandbox_pb2_grpc as pb_grpc
+
+ERROR_KIND_KEY = "sandboxd-error-kind"
+
+
+async def abort(
+    context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: int, message: str
+) -> None:
+    """End the RPC with `code`, naming the ErrorKind in the trailing metadata."""
+    context.set_trailing_metadata(((ERROR_KIND_KEY, pb.ErrorKind.Name(kind)),))
+    await context.abort(code, message)
+
+
+class SandboxService(pb_grpc.SandboxServicer):
+    def __init__(self, settings: Settings, pool: JailPool, *, cgroup_mode: str):
+        self._settings = settings
+        self._pool = pool
+        self._cgroup_mode = cgroup_mode
+        self._running: dict[str, Execution] = {}
+        self._outcomes: collections.Counter[str] = collections.Counter()
+        self._started_at = time.monotonic()
+        self.draining = False
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def Execute(
+        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        try:
+            plan = plan_execution(request, self._settings)
+        except InvalidRequest as exc:
+            self._outcomes["INVALID_REQUEST"] += 1
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST, str(exc))
+            return
+        if self.draining:
+            await abort(
+                context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, "the daemon is draining"
+            )
+            return
+        if plan.execution_id in self._running:
+            await abort(
+                context,
+                grpc.StatusCode.ALREADY_EXISTS,
+                pb.INVALID_REQUEST,
+                f"execution {plan.execution_id} is already running",
+            )
+            return
+        execution = Execution(plan, self._pool)
+        self._running[plan.execution_id] = execution
+        try:
+            async for event in execution.run():
+                if event.HasField("execution_finished"):
+                    self._count(event.execution_finished)
+                yield event
+        except PoolClosed as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, str(exc))
+        finally:
+            del self._running[plan.execution_id]
+
+    def _count(self, finished: pb.ExecutionFinished) -> None:
+        if finished.status == pb.EXECUTION_STATUS_SUCCEEDED:
+            self._outcomes["SUCCEEDED"] += 1
+        else:
+            self._outcomes[pb.ErrorKind.Name(finished.error_kind)] += 1
+
+    async def Cancel(
+        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelResponse:
+        execution = self._running.get(request.execution_id)
+        if execution is not None:
+            execution.cancel()
+        return pb.CancelResponse(found=execution is not None)
+
+    async def GetStatus(
+        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Status:
+        return self.status()
+
+    def status(self) -> pb.Status:
+        pool = self._pool
+        starts = sorted(pool.stats.start_times_s)
+        memory = psutil.virtual_memory()
+        return pb.Status(
+            version=__version__,
+            serving=not self.draining and pool.usable,
+            pool=pb.PoolStatus(
+                warm=pool.warm,
+                leased=pool.leased,
+                starting=pool.starting,
+                failed=pool.stats.failed,
+                target=pool.size,
+                started=pool.stats.started,
+                start_ms_p50=_percentile(starts, 0.50) * 1000,
+                start_ms_p99=_percentile(starts, 0.99) * 1000,
+            ),
+            executions_by_outcome=dict(self._outcomes),
+            running=len(self._running),
+            cgroup_mode=self._cgroup_mode,
+            seccomp=self._settings.seccomp,
+            uptime_s=time.monotonic() - self._started_at,
+            load_1m=psutil.getloadavg()[0],
+            cpu_percent=psutil.cpu_percent(interval=None),
+            memory_available_bytes=memory.available,
+            daemon_rss_bytes=psutil.Process().memory_info().rss,
+        )
+
+    async def cancel_all(self) -> None:
+        for execution in list(self._running.values()):
+            execution.cancel()
+        while self._running:
+            await asyncio.sleep(0.01)
+
+
+def _percentile(sorted_values: list[float], fraction: float) -> float:
+    if not sorted_values:
+        return 0.0
+    index = min(len(sorted_values) - 1, round(fraction * (len(sorted_values) - 1)))
+    return sorted_values[index]

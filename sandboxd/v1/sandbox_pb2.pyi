@@ -1,0 +1,311 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_KIND_UNSPECIFIED: _ClassVar[ErrorKind]
+    USER_ERROR: _ClassVar[ErrorKind]
+    TIMEOUT: _ClassVar[ErrorKind]
+    MEMORY_LIMIT: _ClassVar[ErrorKind]
+    RESOURCE_LIMIT: _ClassVar[ErrorKind]
+    OUTPUT_LIMIT: _ClassVar[ErrorKind]
+    RESULT_TOO_LARGE: _ClassVar[ErrorKind]
+    CRASHED: _ClassVar[ErrorKind]
+    POLICY_DENIED: _ClassVar[ErrorKind]
+    CANCELLED: _ClassVar[ErrorKind]
+    QUOTA_EXCEEDED: _ClassVar[ErrorKind]
+    INVALID_REQUEST: _ClassVar[ErrorKind]
+    UNAVAILABLE: _ClassVar[ErrorKind]
+    INTERNAL: _ClassVar[ErrorKind]
+
+class LogLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LOG_LEVEL_UNSPECIFIED: _ClassVar[LogLevel]
+    LOG_LEVEL_DEBUG: _ClassVar[LogLevel]
+    LOG_LEVEL_INFO: _ClassVar[LogLevel]
+    LOG_LEVEL_WARN: _ClassVar[LogLevel]
+    LOG_LEVEL_ERROR: _ClassVar[LogLevel]
+
+class ExecutionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXECUTION_STATUS_UNSPECIFIED: _ClassVar[ExecutionStatus]
+    EXECUTION_STATUS_SUCCEEDED: _ClassVar[ExecutionStatus]
+    EXECUTION_STATUS_FAILED: _ClassVar[ExecutionStatus]
+ERROR_KIND_UNSPECIFIED: ErrorKind
+USER_ERROR: ErrorKind
+TIMEOUT: ErrorKind
+MEMORY_LIMIT: ErrorKind
+RESOURCE_LIMIT: ErrorKind
+OUTPUT_LIMIT: ErrorKind
+RESULT_TOO_LARGE: ErrorKind
+CRASHED: ErrorKind
+POLICY_DENIED: ErrorKind
+CANCELLED: ErrorKind
+QUOTA_EXCEEDED: ErrorKind
+INVALID_REQUEST: ErrorKind
+UNAVAILABLE: ErrorKind
+INTERNAL: ErrorKind
+LOG_LEVEL_UNSPECIFIED: LogLevel
+LOG_LEVEL_DEBUG: LogLevel
+LOG_LEVEL_INFO: LogLevel
+LOG_LEVEL_WARN: LogLevel
+LOG_LEVEL_ERROR: LogLevel
+EXECUTION_STATUS_UNSPECIFIED: ExecutionStatus
+EXECUTION_STATUS_SUCCEEDED: ExecutionStatus
+EXECUTION_STATUS_FAILED: ExecutionStatus
+
+class Limits(_message.Message):
+    __slots__ = ("timeout_ms", "cpu_time_ms", "memory_bytes", "pids", "open_files", "file_size_bytes", "tmpfs_bytes", "log_bytes", "result_bytes")
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    CPU_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FILES_FIELD_NUMBER: _ClassVar[int]
+    FILE_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TMPFS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    timeout_ms: int
+    cpu_time_ms: int
+    memory_bytes: int
+    pids: int
+    open_files: int
+    file_size_bytes: int
+    tmpfs_bytes: int
+    log_bytes: int
+    result_bytes: int
+    def __init__(self, timeout_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., open_files: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., tmpfs_bytes: _Optional[int] = ..., log_bytes: _Optional[int] = ..., result_bytes: _Optional[int] = ...) -> None: ...
+
+class Step(_message.Message):
+    __slots__ = ("name", "code", "limits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    code: str
+    limits: Limits
+    def __init__(self, name: _Optional[str] = ..., code: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class ExecuteRequest(_message.Message):
+    __slots__ = ("tenant_id", "execution_id", "steps", "input", "config_vars", "credentials", "limits")
+    class ConfigVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CredentialsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    STEPS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VARS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    execution_id: str
+    steps: _containers.RepeatedCompositeFieldContainer[Step]
+    input: bytes
+    config_vars: _containers.ScalarMap[str, str]
+    credentials: _containers.ScalarMap[str, str]
+    limits: Limits
+    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., input: _Optional[bytes] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class CancelRequest(_message.Message):
+    __slots__ = ("execution_id",)
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...
+
+class CancelResponse(_message.Message):
+    __slots__ = ("found",)
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    def __init__(self, found: bool = ...) -> None: ...
+
+class GetStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("duration_us", "cpu_time_us", "peak_memory_bytes")
+    DURATION_US_FIELD_NUMBER: _ClassVar[int]
+    CPU_TIME_US_FIELD_NUMBER: _ClassVar[int]
+    PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    duration_us: int
+    cpu_time_us: int
+    peak_memory_bytes: int
+    def __init__(self, duration_us: _Optional[int] = ..., cpu_time_us: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ...) -> None: ...
+
+class ExecutionStarted(_message.Message):
+    __slots__ = ("tenant_id", "step_count", "attempt", "lease_wait_us")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    STEP_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    LEASE_WAIT_US_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    step_count: int
+    attempt: int
+    lease_wait_us: int
+    def __init__(self, tenant_id: _Optional[str] = ..., step_count: _Optional[int] = ..., attempt: _Optional[int] = ..., lease_wait_us: _Optional[int] = ...) -> None: ...
+
+class StepStarted(_message.Message):
+    __slots__ = ("step", "index")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    index: int
+    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ...) -> None: ...
+
+class Log(_message.Message):
+    __slots__ = ("step", "level", "text", "time", "truncated")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    level: LogLevel
+    text: str
+    time: _timestamp_pb2.Timestamp
+    truncated: bool
+    def __init__(self, step: _Optional[str] = ..., level: _Optional[_Union[LogLevel, str]] = ..., text: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., truncated: bool = ...) -> None: ...
+
+class StepFinished(_message.Message):
+    __slots__ = ("step", "index", "json", "binary", "result_bytes", "usage")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    JSON_FIELD_NUMBER: _ClassVar[int]
+    BINARY_FIELD_NUMBER: _ClassVar[int]
+    RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    index: int
+    json: bytes
+    binary: bytes
+    result_bytes: int
+    usage: Usage
+    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ..., json: _Optional[bytes] = ..., binary: _Optional[bytes] = ..., result_bytes: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class StepFailed(_message.Message):
+    __slots__ = ("step", "index", "kind", "message", "stack")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    index: int
+    kind: ErrorKind
+    message: str
+    stack: str
+    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ..., kind: _Optional[_Union[ErrorKind, str]] = ..., message: _Optional[str] = ..., stack: _Optional[str] = ...) -> None: ...
+
+class ExecutionFinished(_message.Message):
+    __slots__ = ("status", "error_kind", "error_message", "failed_step", "steps_completed", "usage")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_KIND_FIELD_NUMBER: _ClassVar[int]
+    ERROR_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FAILED_STEP_FIELD_NUMBER: _ClassVar[int]
+    STEPS_COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    status: ExecutionStatus
+    error_kind: ErrorKind
+    error_message: str
+    failed_step: str
+    steps_completed: int
+    usage: Usage
+    def __init__(self, status: _Optional[_Union[ExecutionStatus, str]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_message: _Optional[str] = ..., failed_step: _Optional[str] = ..., steps_completed: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+
+class ExecutionEvent(_message.Message):
+    __slots__ = ("execution_id", "seq", "time", "execution_started", "step_started", "log", "step_finished", "step_failed", "execution_finished")
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_STARTED_FIELD_NUMBER: _ClassVar[int]
+    STEP_STARTED_FIELD_NUMBER: _ClassVar[int]
+    LOG_FIELD_NUMBER: _ClassVar[int]
+    STEP_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    STEP_FAILED_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    execution_id: str
+    seq: int
+    time: _timestamp_pb2.Timestamp
+    execution_started: ExecutionStarted
+    step_started: StepStarted
+    log: Log
+    step_finished: StepFinished
+    step_failed: StepFailed
+    execution_finished: ExecutionFinished
+    def __init__(self, execution_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_started: _Optional[_Union[ExecutionStarted, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailed, _Mapping]] = ..., execution_finished: _Optional[_Union[ExecutionFinished, _Mapping]] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("warm", "leased", "starting", "failed", "target", "started", "start_ms_p50", "start_ms_p99")
+    WARM_FIELD_NUMBER: _ClassVar[int]
+    LEASED_FIELD_NUMBER: _ClassVar[int]
+    STARTING_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    START_MS_P50_FIELD_NUMBER: _ClassVar[int]
+    START_MS_P99_FIELD_NUMBER: _ClassVar[int]
+    warm: int
+    leased: int
+    starting: int
+    failed: int
+    target: int
+    started: int
+    start_ms_p50: float
+    start_ms_p99: float
+    def __init__(self, warm: _Optional[int] = ..., leased: _Optional[int] = ..., starting: _Optional[int] = ..., failed: _Optional[int] = ..., target: _Optional[int] = ..., started: _Optional[int] = ..., start_ms_p50: _Optional[float] = ..., start_ms_p99: _Optional[float] = ...) -> None: ...
+
+class Status(_message.Message):
+    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes")
+    class ExecutionsByOutcomeEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    POOL_FIELD_NUMBER: _ClassVar[int]
+    EXECUTIONS_BY_OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_MODE_FIELD_NUMBER: _ClassVar[int]
+    SECCOMP_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    LOAD_1M_FIELD_NUMBER: _ClassVar[int]
+    CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DAEMON_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    serving: bool
+    pool: PoolStatus
+    executions_by_outcome: _containers.ScalarMap[str, int]
+    running: int
+    cgroup_mode: str
+    seccomp: bool
+    uptime_s: float
+    load_1m: float
+    cpu_percent: float
+    memory_available_bytes: int
+    daemon_rss_bytes: int
+    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ...) -> None: ...
