@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import logging
 import signal
+from typing import cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from sandboxd.config import ConfigError, Settings
+from sandboxd.executions import Executor
 from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.pool import JailPool
@@ -34,7 +36,11 @@ def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
     if settings.cgroups == "none":
         log.warning("running WITHOUT cgroups: no memory, pids or cpu limits on jails")
         return None, "none"
-    mode = cgroups.detect() if settings.cgroups == "auto" else settings.cgroups
+    mode = (
+        cgroups.detect()
+        if settings.cgroups == "auto"
+        else cast(cgroups.CgroupMode, settings.cgroups)
+    )
     if mode == "none":
         raise ConfigError("no usable cgroup hierarchy; start with --cgroups none to run without")
     try:
@@ -52,6 +58,7 @@ class Daemon:
         self.settings = settings
         self.port = 0
         self.service: SandboxService | None = None
+        self.executor: Executor | None = None
         self._launcher: JailLauncher | None = None
         self._pool: JailPool | None = None
         self._server: grpc.aio.Server | None = None
@@ -73,7 +80,8 @@ class Daemon:
             cgroups=self._cgroups,
         )
         await self._pool.start()
-        self.service = SandboxService(settings, self._pool, cgroup_mode=mode)
+        self.executor = Executor(self._pool)
+        self.service = SandboxService(settings, self.executor, cgroup_mode=mode)
         self._server = self._make_server(self.service)
         self.port = self._server.add_insecure_port(settings.listen)
         if not self.port:

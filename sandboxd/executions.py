@@ -9,6 +9,7 @@ step, a failure, the caller going away) the jail is killed as a whole when the l
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -115,7 +116,8 @@ class Execution:
     async def run(self) -> AsyncIterator[pb.ExecutionEvent]:
         plan = self.plan
         began = time.monotonic()
-        async with self._pool.lease() as jail:
+        jail_limits = plan.limits.jail_limits(self._pool.limits.cpu_quota)
+        async with self._pool.lease(jail_limits) as jail:
             self._jail = jail
             if self._cancelled:
                 jail.kill()
@@ -140,6 +142,7 @@ class Execution:
     ) -> AsyncIterator[pb.ExecutionEvent]:
         plan = self.plan
         began = time.monotonic()
+        cpu_mark = _cpu_time_us(jail)
         completed = 0
         failure: tuple[StepPlan, StepFailure] | None = None
         await self._send_context(jail)
@@ -161,7 +164,8 @@ class Execution:
                     )
                 )
                 break
-        yield self._finished(completed, failure, time.monotonic() - began, jail)
+        usage = _usage(time.monotonic() - began, jail, cpu_mark)
+        yield self._finished(completed, failure, usage)
 
     async def _send_context(self, jail: PooledJail) -> None:
         plan = self.plan
@@ -188,6 +192,7 @@ class Execution:
             "resultBytes": limits.result_bytes,
         }
         began = time.monotonic()
+        cpu_mark = _cpu_time_us(jail)
         await jail.channel.send(header, step.code.encode())
         log_bytes = 0
         truncated = False
@@ -213,7 +218,8 @@ class Execution:
                 truncated = True
                 yield self._truncation(step)
             elif item.type == "result":
-                yield self._step_finished(step, item, time.monotonic() - began, jail)
+                usage = _usage(time.monotonic() - began, jail, cpu_mark)
+                yield self._step_finished(step, item, usage)
                 return
             elif item.type == "error":
                 raise _runner_error(item)
@@ -277,14 +283,12 @@ class Execution:
         event.log.truncated = True
         return event
 
-    def _step_finished(
-        self, step: StepPlan, frame: Frame, duration: float, jail: PooledJail
-    ) -> pb.ExecutionEvent:
+    def _step_finished(self, step: StepPlan, frame: Frame, usage: pb.Usage) -> pb.ExecutionEvent:
         finished = pb.StepFinished(
             step=step.name,
             index=step.index,
             result_bytes=int(frame.header.get("size", len(frame.body))),
-            usage=_usage(duration, jail),
+            usage=usage,
         )
         if frame.header.get("encoding") == "binary":
             finished.binary = frame.body
@@ -296,13 +300,12 @@ class Execution:
         self,
         completed: int,
         failure: tuple[StepPlan, StepFailure] | None,
-        duration: float,
-        jail: PooledJail,
+        usage: pb.Usage,
     ) -> pb.ExecutionEvent:
         finished = pb.ExecutionFinished(
             status=pb.EXECUTION_STATUS_FAILED if failure else pb.EXECUTION_STATUS_SUCCEEDED,
             steps_completed=completed,
-            usage=_usage(duration, jail),
+            usage=usage,
         )
         if failure:
             step, error = failure
@@ -313,20 +316,30 @@ class Execution:
 
 
 def _runner_error(frame: Frame) -> StepFailure:
-    kind = pb.ErrorKind.Value(str(frame.header.get("kind")))
-    if kind not in (pb.USER_ERROR, pb.RESULT_TOO_LARGE):
-        kind = pb.USER_ERROR
-    return StepFailure(
-        kind, str(frame.header.get("message", "")), str(frame.header.get("stack", ""))
-    )
+    """The step's failure as the runner reported it; only the kinds a runner may claim."""
+    claimed = frame.header.get("kind")
+    kind = pb.RESULT_TOO_LARGE if claimed == "RESULT_TOO_LARGE" else pb.USER_ERROR
+    name = str(frame.header.get("name") or "")
+    message = str(frame.header.get("message", ""))
+    stack = str(frame.header.get("stack", ""))
+    return StepFailure(kind, f"{name}: {message}" if name else message, stack)
 
 
-def _usage(duration: float, jail: PooledJail) -> pb.Usage:
+def _cpu_time_us(jail: PooledJail) -> int:
+    if jail.cgroup is None:
+        return 0
+    with contextlib.suppress(OSError):
+        return jail.cgroup.usage().cpu_time_us
+    return 0
+
+
+def _usage(duration: float, jail: PooledJail, cpu_since_us: int) -> pb.Usage:
+    """Wall time, cpu time since a mark, and the jail's peak memory so far."""
     usage = pb.Usage(duration_us=int(duration * 1e6))
     if jail.cgroup is not None:
         with contextlib.suppress(OSError):
             measured = jail.cgroup.usage()
-            usage.cpu_time_us = measured.cpu_time_us
+            usage.cpu_time_us = max(0, measured.cpu_time_us - cpu_since_us)
             usage.peak_memory_bytes = measured.peak_memory_bytes
     return usage
 
@@ -353,3 +366,47 @@ def describe_status(status: int | None) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+class ExecutionAlreadyRunning(Exception):
+    """An execution with this id is running on this daemon."""
+
+
+class Executor:
+    """The one way executions run, for gRPC and the queue alike: registry, cancel, outcomes."""
+
+    def __init__(self, pool: JailPool):
+        self.pool = pool
+        self.running: dict[str, Execution] = {}
+        self.outcomes: collections.Counter[str] = collections.Counter()
+
+    async def run(self, plan: ExecutionPlan) -> AsyncIterator[pb.ExecutionEvent]:
+        """The events of `plan` run in a fresh jail; ExecutionAlreadyRunning for a duplicate id."""
+        if plan.execution_id in self.running:
+            raise ExecutionAlreadyRunning(f"execution {plan.execution_id} is already running")
+        execution = Execution(plan, self.pool)
+        self.running[plan.execution_id] = execution
+        try:
+            async for event in execution.run():
+                if event.HasField("execution_finished"):
+                    self.outcomes[outcome_name(event.execution_finished)] += 1
+                yield event
+        finally:
+            del self.running[plan.execution_id]
+
+    def cancel(self, execution_id: str) -> bool:
+        execution = self.running.get(execution_id)
+        if execution is not None:
+            execution.cancel()
+        return execution is not None
+
+    async def cancel_all(self) -> None:
+        for execution in list(self.running.values()):
+            execution.cancel()
+
+
+def outcome_name(finished: pb.ExecutionFinished) -> str:
+    """ "SUCCEEDED" or the ErrorKind name: the label of an execution's outcome."""
+    if finished.status == pb.EXECUTION_STATUS_SUCCEEDED:
+        return "SUCCEEDED"
+    return pb.ErrorKind.Name(finished.error_kind)

@@ -154,10 +154,23 @@ class JailPool:
 
     # -- leasing ---------------------------------------------------------------------------
 
+    @property
+    def limits(self) -> JailLimits:
+        """The kernel limits of the pool's warm jails."""
+        return self._limits
+
     @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[PooledJail]:
-        """A warm jail for one execution; destroyed when the block ends, whatever happened."""
-        jail = await self._take()
+    async def lease(self, limits: JailLimits | None = None) -> AsyncIterator[PooledJail]:
+        """A jail for one execution; destroyed when the block ends, whatever happened.
+
+        Warm jails have the pool's limits. Limits fixed at a jail's start (tmpfs size, rlimits,
+        the V8 heap sized from the memory limit) cannot be changed on a warm jail, so other
+        limits get a jail started for this execution alone: it costs one jail start.
+        """
+        if limits is None or limits == self._limits:
+            jail = await self._take()
+        else:
+            jail = await self._take_dedicated(limits)
         try:
             yield jail
         finally:
@@ -181,6 +194,21 @@ class JailPool:
         self._refill()
         return jail
 
+    async def _take_dedicated(self, limits: JailLimits) -> PooledJail:
+        if self._closed:
+            raise PoolClosed("the daemon is shutting down")
+        if self.warm + self._starting + self._leased >= self.maximum and self._warm:
+            # Make room: a warm jail is cheaper to replace than a caller is to keep waiting.
+            await self.destroy(self._warm.pop())
+        self._leased += 1
+        try:
+            jail = await self._spawn(limits)
+        except BaseException:
+            self._leased -= 1
+            raise
+        jail.leased_at = time.monotonic()
+        return jail
+
     # -- starting and destroying -----------------------------------------------------------
 
     def _refill(self) -> None:
@@ -199,7 +227,7 @@ class JailPool:
     async def _start_one(self) -> None:
         began = time.monotonic()
         try:
-            jail = await self._spawn()
+            jail = await self._spawn(self._limits)
         except (JailError, ProtocolError, OSError, TimeoutError) as exc:
             self.stats.failed += 1
             log.error("jail failed to start: %s", exc)
@@ -217,19 +245,19 @@ class JailPool:
             self._warm.append(jail)
             self._changed.notify_all()
 
-    async def _spawn(self) -> PooledJail:
+    async def _spawn(self, limits: JailLimits) -> PooledJail:
         jail_id = uuid.uuid4().hex[:12]
         uid = self._uids.take()
         cgroup = None
         try:
             if self._cgroups is not None:
-                cgroup = self._cgroups.create(jail_id, self._cgroup_limits())
+                cgroup = self._cgroups.create(jail_id, _cgroup_limits(limits))
             spec = JailSpec(
                 jail_id=jail_id,
                 rootfs=self._rootfs,
                 host_uid=uid,
                 host_gid=uid,
-                limits=self._limits,
+                limits=limits,
                 cgroup_procs=cgroup.procs_files if cgroup else (),
             )
             jail = await self._launcher.spawn(spec)
@@ -255,12 +283,6 @@ class JailPool:
             raise
         return pooled
 
-    def _cgroup_limits(self) -> CgroupLimits:
-        limits = self._limits
-        return CgroupLimits(
-            memory_bytes=limits.memory_bytes, pids=limits.pids, cpu_quota=limits.cpu_quota
-        )
-
     def _died_idle(self, jail: PooledJail) -> None:
         if jail in self._warm:
             self._warm.remove(jail)
@@ -281,3 +303,9 @@ class JailPool:
         if pooled.cgroup is not None:
             await asyncio.to_thread(pooled.cgroup.remove)
         self._uids.give_back(pooled.uid)
+
+
+def _cgroup_limits(limits: JailLimits) -> CgroupLimits:
+    return CgroupLimits(
+        memory_bytes=limits.memory_bytes, pids=limits.pids, cpu_quota=limits.cpu_quota
+    )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import time
 from collections.abc import AsyncIterator
 
@@ -12,8 +10,9 @@ import psutil
 
 from sandboxd import __version__
 from sandboxd.config import Settings
-from sandboxd.executions import Execution
-from sandboxd.pool import JailPool, PoolClosed
+from sandboxd.executions import ExecutionAlreadyRunning, Executor
+from sandboxd.jail.errors import JailError
+from sandboxd.pool import PoolClosed
 from sandboxd.requests import InvalidRequest, plan_execution
 from sandboxd.v1 import sandbox_pb2 as pb
 from sandboxd.v1 import sandbox_pb2_grpc as pb_grpc
@@ -30,18 +29,12 @@ async def abort(
 
 
 class SandboxService(pb_grpc.SandboxServicer):
-    def __init__(self, settings: Settings, pool: JailPool, *, cgroup_mode: str):
+    def __init__(self, settings: Settings, executor: Executor, *, cgroup_mode: str):
         self._settings = settings
-        self._pool = pool
+        self._executor = executor
         self._cgroup_mode = cgroup_mode
-        self._running: dict[str, Execution] = {}
-        self._outcomes: collections.Counter[str] = collections.Counter()
         self._started_at = time.monotonic()
         self.draining = False
-
-    @property
-    def running(self) -> int:
-        return len(self._running)
 
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
@@ -49,7 +42,7 @@ class SandboxService(pb_grpc.SandboxServicer):
         try:
             plan = plan_execution(request, self._settings)
         except InvalidRequest as exc:
-            self._outcomes["INVALID_REQUEST"] += 1
+            self._executor.outcomes["INVALID_REQUEST"] += 1
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST, str(exc))
             return
         if self.draining:
@@ -57,39 +50,21 @@ class SandboxService(pb_grpc.SandboxServicer):
                 context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, "the daemon is draining"
             )
             return
-        if plan.execution_id in self._running:
-            await abort(
-                context,
-                grpc.StatusCode.ALREADY_EXISTS,
-                pb.INVALID_REQUEST,
-                f"execution {plan.execution_id} is already running",
-            )
-            return
-        execution = Execution(plan, self._pool)
-        self._running[plan.execution_id] = execution
         try:
-            async for event in execution.run():
-                if event.HasField("execution_finished"):
-                    self._count(event.execution_finished)
+            async for event in self._executor.run(plan):
                 yield event
+        except ExecutionAlreadyRunning as exc:
+            await abort(context, grpc.StatusCode.ALREADY_EXISTS, pb.INVALID_REQUEST, str(exc))
         except PoolClosed as exc:
             await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, str(exc))
-        finally:
-            del self._running[plan.execution_id]
-
-    def _count(self, finished: pb.ExecutionFinished) -> None:
-        if finished.status == pb.EXECUTION_STATUS_SUCCEEDED:
-            self._outcomes["SUCCEEDED"] += 1
-        else:
-            self._outcomes[pb.ErrorKind.Name(finished.error_kind)] += 1
+        except JailError as exc:
+            message = f"could not start a jail: {exc}"
+            await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, message)
 
     async def Cancel(
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
-        execution = self._running.get(request.execution_id)
-        if execution is not None:
-            execution.cancel()
-        return pb.CancelResponse(found=execution is not None)
+        return pb.CancelResponse(found=self._executor.cancel(request.execution_id))
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
@@ -97,7 +72,7 @@ class SandboxService(pb_grpc.SandboxServicer):
         return self.status()
 
     def status(self) -> pb.Status:
-        pool = self._pool
+        pool = self._executor.pool
         starts = sorted(pool.stats.start_times_s)
         memory = psutil.virtual_memory()
         return pb.Status(
@@ -113,8 +88,8 @@ class SandboxService(pb_grpc.SandboxServicer):
                 start_ms_p50=_percentile(starts, 0.50) * 1000,
                 start_ms_p99=_percentile(starts, 0.99) * 1000,
             ),
-            executions_by_outcome=dict(self._outcomes),
-            running=len(self._running),
+            executions_by_outcome=dict(self._executor.outcomes),
+            running=len(self._executor.running),
             cgroup_mode=self._cgroup_mode,
             seccomp=self._settings.seccomp,
             uptime_s=time.monotonic() - self._started_at,
@@ -123,12 +98,6 @@ class SandboxService(pb_grpc.SandboxServicer):
             memory_available_bytes=memory.available,
             daemon_rss_bytes=psutil.Process().memory_info().rss,
         )
-
-    async def cancel_all(self) -> None:
-        for execution in list(self._running.values()):
-            execution.cancel()
-        while self._running:
-            await asyncio.sleep(0.01)
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:

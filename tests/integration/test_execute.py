@@ -9,7 +9,7 @@ import uuid
 import grpc
 import psutil
 import pytest
-from sandbox_client import ErrorKind, SandboxClient, SandboxError, Step
+from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 
 from sandboxd.v1 import sandbox_pb2 as pb
 
@@ -103,7 +103,7 @@ async def test_endless_loop_times_out_and_leaves_no_process(client: SandboxClien
       while (true) {{}}
     }};
     """
-    limits = pb.Limits(timeout_ms=1500)
+    limits = Limits(timeout_ms=1500)
     with pytest.raises(SandboxError) as caught:
         await client.run(tenant_id="acme", steps=[Step("spin", code)], limits=limits)
     assert caught.value.kind is ErrorKind.TIMEOUT
@@ -152,13 +152,15 @@ async def test_inside_the_jail(client: SandboxClient) -> None:
       const status = Object.fromEntries(fs.readFileSync('/proc/self/status', 'utf8').trim()
         .split('\\n').map((line) => line.split(':\\t')));
       let rootWrite;
-      try { fs.writeFileSync('/escape', 'x'); rootWrite = 'written'; } catch (e) { rootWrite = e.code; }
+      try { fs.writeFileSync('/escape', 'x'); rootWrite = 'written'; }
+      catch (e) { rootWrite = e.code; }
       return {
         uidMap: fs.readFileSync('/proc/self/uid_map', 'utf8').trim().split(/\\s+/).map(Number),
         capEff: status.CapEff, noNewPrivs: status.NoNewPrivs,
         interfaces: Object.keys(os.networkInterfaces()),
         rootWrite, root: fs.readdirSync('/').sort(),
-        hostFiles: ['/etc/shadow', '/root', '/work', '/var/lib', '/home', '/sys'].filter(fs.existsSync),
+        hostFiles: ['/etc/shadow', '/root', '/work', '/var/lib', '/home', '/sys']
+          .filter(fs.existsSync),
         hostname: os.hostname(),
       };
     };

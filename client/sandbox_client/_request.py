@@ -1,0 +1,85 @@
+"""What a caller sends: Limits, Step, and the ExecuteRequest built from them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from sandboxd.v1 import sandbox_pb2
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Limits of an execution or of one step; None leaves a limit at the daemon's default.
+
+    Mirrors the proto ``Limits``. A value above the operator's ceiling makes the daemon refuse the
+    request with INVALID_REQUEST. A step's limits override the execution's for that step.
+    """
+
+    timeout_ms: int | None = None
+    cpu_time_ms: int | None = None
+    memory_bytes: int | None = None
+    pids: int | None = None
+    open_files: int | None = None
+    file_size_bytes: int | None = None
+    tmpfs_bytes: int | None = None
+    log_bytes: int | None = None
+    result_bytes: int | None = None
+
+    def to_proto(self) -> sandbox_pb2.Limits:
+        """The proto message, where 0 stands for an unset (None) limit."""
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+        return sandbox_pb2.Limits(**{name: v for name, v in values.items() if v is not None})
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """One step: a name unique in the execution and its JavaScript source.
+
+    ``code`` is CommonJS (``module.exports = async (context) => result``) or ESM
+    (``export default async (context) => result``). Later steps read this step's result as
+    ``context.steps.<name>``.
+    """
+
+    name: str
+    code: str
+    limits: Limits | None = None
+
+    def to_proto(self) -> sandbox_pb2.Step:
+        """The proto message."""
+        limits = self.limits.to_proto() if self.limits else None
+        return sandbox_pb2.Step(name=self.name, code=self.code, limits=limits)
+
+
+def execute_request(
+    *,
+    tenant_id: str,
+    steps: Sequence[Step],
+    input: object,
+    input_json: bytes | None,
+    execution_id: str | None,
+    config_vars: Mapping[str, str] | None,
+    credentials: Mapping[str, str] | None,
+    limits: Limits | None,
+) -> sandbox_pb2.ExecuteRequest:
+    """The ExecuteRequest for :meth:`SandboxClient.execute`'s arguments."""
+    return sandbox_pb2.ExecuteRequest(
+        tenant_id=tenant_id,
+        execution_id=execution_id or "",
+        steps=[step.to_proto() for step in steps],
+        input=_input_bytes(input, input_json),
+        config_vars=dict(config_vars or {}),
+        credentials=dict(credentials or {}),
+        limits=limits.to_proto() if limits else None,
+    )
+
+
+def _input_bytes(value: object, raw: bytes | None) -> bytes:
+    """The input as UTF-8 JSON: ``raw`` as given, else ``value`` encoded (None is JSON null)."""
+    if raw is None:
+        return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()
+    if value is not None:
+        raise ValueError("pass either input or input_json, not both")
+    return raw

@@ -1,0 +1,871 @@
+'use strict';
+// sandboxd runner: the only program in a jail. It reads work frames from fd 3, runs each step's
+// JavaScript in this process, and writes event frames to fd 4. The protocol is docs/channel.md.
+//
+// Customer code shares this process, so it can replace any global, prototype or module export.
+// The runner therefore captures everything it uses below, before any customer code runs, and
+// calls it in forms that later changes cannot reach: uncurried functions bound at startup,
+// getters read from their original descriptors, null-prototype objects for everything it
+// serializes, and no array or string methods looked up at call time. This keeps the frames the
+// runner sends well-formed and truthful; it is not a security boundary (customer code can write
+// to fd 4 itself, or exit), which is why the daemon treats every byte from the jail as hostile.
+
+const fs = require('fs');
+const util = require('util');
+const net = require('net');
+const Module = require('module');
+
+// ---------------------------------------------------------------------------------------------
+// Captured builtins
+// ---------------------------------------------------------------------------------------------
+
+// uncurryThis(f)(self, ...args) calls f with this = self. Both halves are bound now, so a later
+// replacement of Function.prototype.call or .bind changes nothing.
+const uncurryThis = Function.prototype.bind.bind(Function.prototype.call);
+const FunctionPrototypeBind = uncurryThis(Function.prototype.bind);
+
+const ReflectApply = Reflect.apply;
+const ReflectDefineProperty = Reflect.defineProperty;
+const ReflectDeleteProperty = Reflect.deleteProperty;
+const ReflectGetOwnPropertyDescriptor = Reflect.getOwnPropertyDescriptor;
+const ReflectGetPrototypeOf = Reflect.getPrototypeOf;
+const ReflectSetPrototypeOf = Reflect.setPrototypeOf;
+const ObjectHasOwn = Object.hasOwn;
+const ObjectPrototype = Object.prototype;
+const ArrayPrototype = Array.prototype;
+
+const JSONStringify = JSON.stringify;
+const JSONParse = JSON.parse;
+const DateNow = Date.now;
+const StringCtor = String;
+const NumberIsSafeInteger = Number.isSafeInteger;
+const StringPrototypeSlice = uncurryThis(String.prototype.slice);
+const StringPrototypeIncludes = uncurryThis(String.prototype.includes);
+const StringPrototypeIndexOf = uncurryThis(String.prototype.indexOf);
+const StringPrototypeLastIndexOf = uncurryThis(String.prototype.lastIndexOf);
+const StringPrototypeStartsWith = uncurryThis(String.prototype.startsWith);
+const StringPrototypeCharCodeAt = uncurryThis(String.prototype.charCodeAt);
+const StringFromCharCode = String.fromCharCode;
+const ErrorCaptureStackTrace = Error.captureStackTrace;
+
+const PromisePrototypeThen = uncurryThis(Promise.prototype.then);
+const PromiseResolve = FunctionPrototypeBind(Promise.resolve, Promise);
+
+const U8 = Uint8Array;
+const TypedArrayPrototype = ReflectGetPrototypeOf(Uint8Array.prototype);
+const TypedArraySet = uncurryThis(TypedArrayPrototype.set);
+const TypedArrayCopyWithin = uncurryThis(TypedArrayPrototype.copyWithin);
+const typedArrayGetter = (name) =>
+  uncurryThis(ReflectGetOwnPropertyDescriptor(TypedArrayPrototype, name).get);
+const byteLengthOf = typedArrayGetter('byteLength');
+const byteOffsetOf = typedArrayGetter('byteOffset');
+const bufferOf = typedArrayGetter('buffer');
+
+// TextEncoder/TextDecoder go straight to native code; Buffer.from(string) would call
+// Buffer.prototype.utf8Write, which customer code can replace.
+const textEncoder = new TextEncoder();
+const TextEncoderEncode = uncurryThis(TextEncoder.prototype.encode);
+const textDecoder = new TextDecoder('utf-8');
+const TextDecoderDecode = uncurryThis(TextDecoder.prototype.decode);
+const BufferBase64Slice = uncurryThis(Buffer.prototype.base64Slice);
+
+const fsWriteSync = fs.writeSync;
+const utilFormat = util.format;
+const utilInspect = util.inspect;
+const isUint8Array = util.types.isUint8Array; // true for Buffers too
+const isNativeError = util.types.isNativeError;
+const isPromise = util.types.isPromise;
+
+const ModuleCtor = Module;
+const ModuleCompile = uncurryThis(Module.prototype._compile);
+const ModuleNodeModulePaths = Module._nodeModulePaths;
+
+const processNextTick = process.nextTick;
+// reallyExit ends the process without running 'exit' listeners, which customer code could use
+// to change the exit code.
+const reallyExit = FunctionPrototypeBind(process.reallyExit, process);
+const NODE_VERSION = process.version;
+const RUNNER_FILE = __filename;
+
+// ---------------------------------------------------------------------------------------------
+// Constants
+// ---------------------------------------------------------------------------------------------
+
+const FD_WORK = 3; // daemon -> runner
+const FD_EVENTS = 4; // runner -> daemon
+const PREFIX_BYTES = 8; // u32 header_len | u32 body_len, big endian
+const MAX_HEADER_BYTES = 256 * 1024; // the daemon's cap (sandboxd/channel.py)
+// Bodies up to this size are copied into the same buffer as the header so that a frame is one
+// write(2); larger ones (results) are written from where they are, without a copy.
+const INLINE_BODY_BYTES = 64 * 1024;
+// Messages and stacks come from customer code. Capped in UTF-16 units so that a header stays far
+// below MAX_HEADER_BYTES even if every unit is escaped by JSON as \uXXXX (6 bytes).
+const MAX_TEXT_UNITS = 16 * 1024;
+const MAX_NAME_UNITS = 256;
+const EXIT_FATAL = 70; // EX_SOFTWARE: the runner cannot go on (fd 4 broken, bad frame)
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers that stay correct under prototype pollution
+// ---------------------------------------------------------------------------------------------
+
+const utf8Encode = (text) => TextEncoderEncode(textEncoder, text);
+
+// A view of bytes[start, start + length) made with the captured constructor: subarray() would
+// look up bytes.constructor[Symbol.species].
+function view(bytes, start, length) {
+  return new U8(bufferOf(bytes), byteOffsetOf(bytes) + start, length);
+}
+
+const utf8Decode = (bytes) => TextDecoderDecode(textDecoder, bytes);
+
+// Define (not assign) an own property: assignment would run a setter that customer code put on
+// Object.prototype under that name.
+function defineOwn(object, key, value) {
+  ReflectDefineProperty(object, key, {
+    __proto__: null,
+    value,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
+}
+
+// A field of an object parsed from a daemon frame, ignoring anything inherited from a polluted
+// Object.prototype.
+function own(object, key, fallback) {
+  return ObjectHasOwn(object, key) ? object[key] : fallback;
+}
+
+function truncateText(text, maxUnits) {
+  if (text.length <= maxUnits) return text;
+  return StringPrototypeSlice(text, 0, maxUnits) + '... (truncated)';
+}
+
+function safeInspect(value) {
+  try {
+    return utilInspect(value);
+  } catch {
+    return '[a value that cannot be displayed]';
+  }
+}
+
+// Every occurrence of search in text replaced. String.prototype.replaceAll would look up
+// String.prototype[Symbol.replace], which customer code can define.
+function replaceText(text, search, replacement) {
+  let out = '';
+  let from = 0;
+  for (;;) {
+    const at = StringPrototypeIndexOf(text, search, from);
+    if (at === -1) return out + StringPrototypeSlice(text, from);
+    out += StringPrototypeSlice(text, from, at) + replacement;
+    from = at + search.length;
+  }
+}
+
+// A stack without the runner's frames and what called them (the event loop): customers see their
+// own code only.
+function trimStack(stack) {
+  const at = StringPrototypeIndexOf(stack, RUNNER_FILE);
+  if (at === -1) return stack;
+  const lineStart = StringPrototypeLastIndexOf(stack, '\n', at);
+  return lineStart === -1 ? stack : StringPrototypeSlice(stack, 0, lineStart);
+}
+
+// A string for any value: String(value) runs customer toString/valueOf code, which may throw.
+function safeString(value) {
+  if (typeof value === 'string') return value;
+  try {
+    return StringCtor(value);
+  } catch {
+    return safeInspect(value);
+  }
+}
+
+// Property reads on thrown values run customer getters, which may throw.
+function safeGet(object, key) {
+  try {
+    return object[key];
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing frames to fd 4
+// ---------------------------------------------------------------------------------------------
+
+function fatal(message) {
+  try {
+    const bytes = utf8Encode('sandboxd runner: ' + message + '\n');
+    fsWriteSync(2, bytes, 0, byteLengthOf(bytes));
+  } catch {
+    // stderr is gone too; the exit code says enough.
+  }
+  reallyExit(EXIT_FATAL);
+}
+
+function putU32(bytes, at, value) {
+  bytes[at] = (value >>> 24) & 0xff;
+  bytes[at + 1] = (value >>> 16) & 0xff;
+  bytes[at + 2] = (value >>> 8) & 0xff;
+  bytes[at + 3] = value & 0xff;
+}
+
+function getU32(bytes, at) {
+  return ((bytes[at] << 24) >>> 0) + (bytes[at + 1] << 16) + (bytes[at + 2] << 8) + bytes[at + 3];
+}
+
+// fd 4 is a blocking pipe: writeSync waits while the daemon is behind, which is what holds back a
+// step that logs in a loop. The explicit offset and length keep fs from reading .byteLength
+// through a getter for the amount to write.
+function writeAll(bytes) {
+  const length = byteLengthOf(bytes);
+  let offset = 0;
+  try {
+    while (offset < length) offset += fsWriteSync(FD_EVENTS, bytes, offset, length - offset);
+  } catch (err) {
+    fatal('cannot write to fd 4: ' + safeString(safeGet(err, 'message')));
+  }
+}
+
+// header must be a null-prototype object of strings, numbers and booleans, so that JSON.stringify
+// finds no toJSON anywhere.
+function sendFrame(header, body) {
+  const head = utf8Encode(JSONStringify(header));
+  const headLength = byteLengthOf(head);
+  const bodyLength = body === undefined ? 0 : byteLengthOf(body);
+  const inline = bodyLength <= INLINE_BODY_BYTES;
+  const frame = new U8(PREFIX_BYTES + headLength + (inline ? bodyLength : 0));
+  putU32(frame, 0, headLength);
+  putU32(frame, 4, bodyLength);
+  TypedArraySet(frame, head, PREFIX_BYTES);
+  if (inline && bodyLength > 0) TypedArraySet(frame, body, PREFIX_BYTES + headLength);
+  writeAll(frame);
+  if (!inline) writeAll(body);
+}
+
+// ---------------------------------------------------------------------------------------------
+// State
+// ---------------------------------------------------------------------------------------------
+
+// The execution, from the `exec` frame. Defaults keep a `step` without `exec` runnable.
+let execution = {
+  __proto__: null,
+  id: '',
+  tenantId: '',
+  attempt: 0,
+  configVars: {},
+  credentials: {},
+  input: null,
+};
+
+// Earlier steps' results by step name: the values themselves, shared with customer code.
+const steps = {};
+
+// The running step (see startStep), or null between steps.
+let current = null;
+
+// ---------------------------------------------------------------------------------------------
+// Logs: console.*, context.logger.*, process.stdout/stderr.write
+// ---------------------------------------------------------------------------------------------
+
+const LEVEL_FD = { __proto__: null, debug: 1, info: 1, warn: 2, error: 2 };
+
+// Output while no step runs (e.g. a timer of a finished step) belongs to no step, so it goes to
+// the real stdout/stderr; the daemon treats those as best-effort log output.
+let writeOutside = (level, text) => {
+  try {
+    const bytes = utf8Encode(text + '\n');
+    fsWriteSync(LEVEL_FD[level], bytes, 0, byteLengthOf(bytes));
+  } catch {
+    // Best effort: a full or closed stdout must not break the runner.
+  }
+};
+
+// Bytes [0, max) of UTF-8 text, cut back to a character boundary.
+function cutUtf8(bytes, max) {
+  let end = max;
+  while (end > 0 && (bytes[end] & 0xc0) === 0x80) end -= 1;
+  return view(bytes, 0, end);
+}
+
+// One log line of the running step. Per step, log bytes stop at logBytes: the line that crosses
+// the limit is cut there, one `truncated` frame follows, and later lines of the step are dropped.
+function emitLog(level, text) {
+  const step = current;
+  if (step === null) {
+    writeOutside(level, text);
+    return;
+  }
+  if (step.logDropped) return;
+  let bytes = utf8Encode(text);
+  const room = step.logBytes - step.logUsed;
+  if (byteLengthOf(bytes) > room) {
+    bytes = cutUtf8(bytes, room);
+    step.logDropped = true;
+  }
+  const size = byteLengthOf(bytes);
+  if (size > 0 || !step.logDropped) {
+    sendFrame({ __proto__: null, t: 'log', seq: step.seq, level, ts: DateNow() }, bytes);
+    step.logUsed += size;
+  }
+  if (step.logDropped) sendFrame({ __proto__: null, t: 'truncated', seq: step.seq });
+}
+
+// util.format runs customer inspect hooks and getters; a failure there still gives a line.
+function formatArgs(args) {
+  try {
+    return ReflectApply(utilFormat, undefined, args);
+  } catch (err) {
+    return '[log message could not be formatted: ' + safeString(safeGet(err, 'message')) + ']';
+  }
+}
+
+function logFunction(level) {
+  return function log(...args) {
+    emitLog(level, formatArgs(args));
+  };
+}
+
+// console.trace prints "Trace: <message>" and the caller's stack, like Node's.
+function trace(...args) {
+  const holder = { __proto__: null, name: 'Trace', message: formatArgs(args) };
+  ErrorCaptureStackTrace(holder, trace);
+  emitLog('debug', trimStack(safeString(holder.stack)));
+}
+
+function makeLogger() {
+  return {
+    debug: logFunction('debug'),
+    info: logFunction('info'),
+    warn: logFunction('warn'),
+    error: logFunction('error'),
+  };
+}
+
+function installConsole() {
+  const con = globalThis.console;
+  con.log = logFunction('info');
+  con.info = logFunction('info');
+  con.debug = logFunction('debug');
+  con.trace = trace;
+  con.warn = logFunction('warn');
+  con.error = logFunction('error');
+  // Other console methods (dir, table, group, time, count, assert) end in the methods above or in
+  // process.stdout.write, captured below.
+}
+
+// A chunk written to a stream becomes one log line: strings as they are, bytes as UTF-8, without
+// one trailing newline (console.log's lines have none either). Empty writes log nothing.
+function logChunk(level, chunk) {
+  let text;
+  if (typeof chunk === 'string') text = chunk;
+  else if (isUint8Array(chunk)) text = utf8Decode(chunk);
+  else text = safeString(chunk);
+  const last = text.length - 1;
+  if (last < 0) return;
+  if (StringPrototypeCharCodeAt(text, last) === 10) text = StringPrototypeSlice(text, 0, last);
+  emitLog(level, text);
+}
+
+// process.stdout / process.stderr: write() becomes a log line of the running step. Writes that
+// go through the stream's machinery instead (end(chunk), pipe) reach _write, which does the same.
+// Outside a step, both pass to the original stream.
+function captureStream(stream, level) {
+  const originalWrite = stream.write;
+  const originalUnderscoreWrite = stream._write;
+  stream.write = function write(chunk, encoding, callback) {
+    if (current === null) return ReflectApply(originalWrite, stream, arguments);
+    logChunk(level, chunk);
+    const done = typeof encoding === 'function' ? encoding : callback;
+    if (typeof done === 'function') processNextTick(done, null);
+    return true;
+  };
+  stream._write = function _write(chunk, encoding, callback) {
+    if (current === null) return ReflectApply(originalUnderscoreWrite, stream, arguments);
+    logChunk(level, chunk);
+    callback(null);
+    return undefined;
+  };
+  // Without _writev, buffered chunks also go one by one through _write.
+  stream._writev = null;
+  return FunctionPrototypeBind(originalWrite, stream);
+}
+
+// When a step is an ES module, compiling it as CommonJS first makes Node warn "To load an ES
+// module, set "type": "module" in the package.json ...". That compile is how the runner detects
+// ES modules, and a jail has no package.json to set, so the warning is only noise in the step's
+// logs. Node's own warning listeners are wrapped to drop it; every other warning passes.
+const ESM_HINT = 'To load an ES module';
+
+function filterWarnings() {
+  const listeners = process.listeners('warning');
+  process.removeAllListeners('warning');
+  for (let i = 0; i < listeners.length; i += 1) {
+    const listener = listeners[i];
+    process.on('warning', function warning(value) {
+      const message = safeGet(value, 'message');
+      if (typeof message === 'string' && StringPrototypeStartsWith(message, ESM_HINT)) return;
+      ReflectApply(listener, this, arguments);
+    });
+  }
+}
+
+function installStreams() {
+  const stdoutWrite = captureStream(process.stdout, 'info');
+  const stderrWrite = captureStream(process.stderr, 'error');
+  // From now on output outside a step goes through the original streams, which queue when the
+  // pipe is full instead of failing.
+  writeOutside = (level, text) => {
+    try {
+      if (LEVEL_FD[level] === 1) stdoutWrite(text + '\n');
+      else stderrWrite(text + '\n');
+    } catch {
+      // Best effort.
+    }
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Outcomes of a step
+// ---------------------------------------------------------------------------------------------
+
+// An object with a string message, as some libraries throw instead of an Error.
+function isErrorLike(value) {
+  if (typeof value !== 'object' || value === null) return false;
+  return typeof safeGet(value, 'message') === 'string';
+}
+
+// name, message and stack for any thrown value, without letting customer getters or toString
+// methods throw past this point.
+function describeThrown(value) {
+  if (isNativeError(value) || isErrorLike(value)) {
+    const name = safeGet(value, 'name');
+    const stack = safeGet(value, 'stack');
+    return {
+      __proto__: null,
+      name: name === undefined ? 'Error' : safeString(name),
+      message: safeString(safeGet(value, 'message')),
+      stack: typeof stack === 'string' ? trimStack(stack) : '',
+    };
+  }
+  const message =
+    typeof value === 'string' ? value : 'Step threw a non-Error value: ' + safeInspect(value);
+  return { __proto__: null, name: 'Error', message, stack: '' };
+}
+
+function finish(step, header, body) {
+  if (step.finished) return;
+  step.finished = true;
+  if (current === step) current = null;
+  sendFrame(header, body);
+  // Take the next frame on a fresh stack, not inside the customer's promise chain.
+  busy = false;
+  processNextTick(pump);
+}
+
+function failStep(step, kind, described, prefix) {
+  let message = prefix + described.message;
+  let stack = described.stack;
+  if (step.moduleURL !== '') {
+    // Import errors quote the module's data: URL, i.e. the whole code in base64.
+    message = replaceText(message, step.moduleURL, step.filename);
+    stack = replaceText(stack, step.moduleURL, step.filename);
+  }
+  finish(step, {
+    __proto__: null,
+    t: 'error',
+    seq: step.seq,
+    kind,
+    name: truncateText(described.name, MAX_NAME_UNITS),
+    message: truncateText(message, MAX_TEXT_UNITS),
+    stack: truncateText(stack, MAX_TEXT_UNITS),
+  });
+}
+
+function userError(step, thrown) {
+  if (step.finished) return;
+  failStep(step, 'USER_ERROR', describeThrown(thrown), '');
+}
+
+// A toJSON that customer code put on Object.prototype or Array.prototype would change every
+// result, so it is hidden while the runner serializes. toJSON of the result's own classes (Date,
+// a customer class, BigInt.prototype.toJSON) still applies, as in any Node program.
+function hideToJSON(proto) {
+  const descriptor = ReflectGetOwnPropertyDescriptor(proto, 'toJSON');
+  if (descriptor === undefined) return undefined;
+  ReflectSetPrototypeOf(descriptor, null);
+  return ReflectDeleteProperty(proto, 'toJSON') ? descriptor : undefined;
+}
+
+function restoreToJSON(proto, descriptor) {
+  if (descriptor !== undefined) ReflectDefineProperty(proto, 'toJSON', descriptor);
+}
+
+function stringifyResult(value) {
+  const objectToJSON = hideToJSON(ObjectPrototype);
+  const arrayToJSON = hideToJSON(ArrayPrototype);
+  try {
+    return JSONStringify(value);
+  } finally {
+    restoreToJSON(ArrayPrototype, arrayToJSON);
+    restoreToJSON(ObjectPrototype, objectToJSON);
+  }
+}
+
+// The step returned: serialize, check the limit, keep the value, report.
+function succeedStep(step, value) {
+  if (step.finished) return;
+  let encoding = 'binary';
+  let bytes = value;
+  if (!isUint8Array(value)) {
+    encoding = 'json';
+    let text;
+    try {
+      // undefined (and a function or symbol, which JSON cannot hold either) becomes null.
+      text = stringifyResult(value === undefined ? null : value);
+    } catch (err) {
+      const prefix = 'Step result cannot be serialized to JSON: ';
+      failStep(step, 'USER_ERROR', describeThrown(err), prefix);
+      return;
+    }
+    bytes = utf8Encode(text === undefined ? 'null' : text);
+  }
+  const size = byteLengthOf(bytes);
+  if (size > step.resultBytes) {
+    const message = `Step result is ${size} bytes, over the limit of ${step.resultBytes} bytes`;
+    const described = { __proto__: null, name: 'ResultTooLarge', message, stack: '' };
+    failStep(step, 'RESULT_TOO_LARGE', described, '');
+    return;
+  }
+  defineOwn(steps, step.name, value);
+  const kept = !step.returnResult;
+  finish(
+    step,
+    { __proto__: null, t: 'result', seq: step.seq, encoding, size, kept },
+    kept ? undefined : bytes,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running a step
+// ---------------------------------------------------------------------------------------------
+
+// /steps/<name>.js with anything but [A-Za-z0-9._-] replaced, so that the name cannot break out
+// of the sourceURL comment or look like a path.
+function stepFilename(name) {
+  let safe = '';
+  for (let i = 0; i < name.length; i += 1) {
+    const c = StringPrototypeCharCodeAt(name, i);
+    const alphanumeric = (c >= 48 && c <= 57) || (c >= 65 && c <= 90) || (c >= 97 && c <= 122);
+    safe += alphanumeric || c === 45 || c === 46 || c === 95 ? StringFromCharCode(c) : '_';
+  }
+  return '/steps/' + (safe === '' ? '_' : safe) + '.js';
+}
+
+function exportedFunction(exports) {
+  if (typeof exports === 'function') return exports;
+  // CommonJS compiled from ESM/TypeScript puts the function on exports.default.
+  if (exports !== null && typeof exports === 'object') {
+    const fallback = safeGet(exports, 'default');
+    if (typeof fallback === 'function') return fallback;
+  }
+  const err = new TypeError(
+    'Step code must export a function: module.exports = async (context) => { ... } ' +
+      'or export default async (context) => { ... }',
+  );
+  err.stack = '';
+  throw err;
+}
+
+// Compiling as CommonJS fails with one of these messages for code that is an ES module.
+function looksLikeModuleSyntax(err) {
+  if (!isNativeError(err) || safeGet(err, 'name') !== 'SyntaxError') return false;
+  const message = safeString(safeGet(err, 'message'));
+  return (
+    StringPrototypeIncludes(message, 'import') ||
+    StringPrototypeIncludes(message, 'export') ||
+    StringPrototypeIncludes(message, 'top level bodies of modules')
+  );
+}
+
+// CommonJS: compile into a fresh Module named /steps/<name>.js, whose require() loads Node's
+// builtins. 'commonjs' turns off Node's own module-syntax detection (require(esm), which cannot
+// run top-level await), so ES modules always take the import() path below.
+function compileCommonJS(filename, code) {
+  const mod = new ModuleCtor(filename, null);
+  mod.filename = filename;
+  mod.paths = ModuleNodeModulePaths('/steps');
+  ModuleCompile(mod, code, filename, 'commonjs');
+  return mod.exports;
+}
+
+// ES module: import() of a data: URL. The sourceURL comment names it /steps/<name>.js in stack
+// traces; the seq comment makes each step's URL, and so its module instance, distinct.
+function importModule(step, code) {
+  const bytes = utf8Encode(
+    code + '\n// sandboxd step ' + step.seq + '\n//# sourceURL=' + step.filename + '\n',
+  );
+  const base64 = BufferBase64Slice(bytes, 0, byteLengthOf(bytes));
+  step.moduleURL = 'data:text/javascript;base64,' + base64;
+  return import(step.moduleURL);
+}
+
+function makeContext(step) {
+  return {
+    input: execution.input,
+    steps,
+    configVars: execution.configVars,
+    credentials: execution.credentials,
+    logger: makeLogger(),
+    execution: {
+      id: execution.id,
+      tenantId: execution.tenantId,
+      stepName: step.name,
+      attempt: execution.attempt,
+    },
+  };
+}
+
+function callStep(step, fn) {
+  let returned;
+  try {
+    returned = ReflectApply(fn, undefined, [makeContext(step)]);
+  } catch (err) {
+    userError(step, err);
+    return;
+  }
+  const onValue = (value) => succeedStep(step, value);
+  const onError = (err) => userError(step, err);
+  try {
+    // A native promise is followed with the captured then; anything else (a value, a customer
+    // thenable) is first resolved the way `await` would.
+    const promise = isPromise(returned) ? returned : PromiseResolve(returned);
+    PromisePrototypeThen(promise, onValue, onError);
+  } catch (err) {
+    userError(step, err);
+  }
+}
+
+function startStep(step, code) {
+  current = step;
+  let exports;
+  try {
+    exports = compileCommonJS(step.filename, code);
+  } catch (err) {
+    if (!looksLikeModuleSyntax(err)) {
+      userError(step, err);
+      return;
+    }
+    const loaded = (namespace) => {
+      if (step.finished) return;
+      let fn;
+      try {
+        fn = exportedFunction(safeGet(namespace, 'default'));
+      } catch (notFunction) {
+        userError(step, notFunction);
+        return;
+      }
+      callStep(step, fn);
+    };
+    const failed = (importErr) => userError(step, importErr);
+    PromisePrototypeThen(importModule(step, code), loaded, failed);
+    return;
+  }
+  let fn;
+  try {
+    fn = exportedFunction(exports);
+  } catch (err) {
+    userError(step, err);
+    return;
+  }
+  callStep(step, fn);
+}
+
+// Errors that escape the step's promise chain: a throw in a timer, a rejection nobody handles.
+// While a step runs they fail it; after it finished there is no step to blame, so they are only
+// written to stderr.
+function onStray(value, what) {
+  const step = current;
+  if (step !== null && !step.finished) {
+    userError(step, value);
+    return;
+  }
+  const described = describeThrown(value);
+  const detail =
+    described.stack !== '' ? described.stack : described.name + ': ' + described.message;
+  writeOutside('error', 'sandboxd runner: ' + what + ' outside a step: ' + detail);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading frames from fd 3
+// ---------------------------------------------------------------------------------------------
+
+const INITIAL_INPUT_BYTES = 64 * 1024;
+let inputBuffer = new U8(INITIAL_INPUT_BYTES);
+let inputLength = 0;
+
+// Frames wait in a linked list (no arrays: their methods can be replaced) until the runner is
+// free: one step at a time, and `end` only after the steps sent before it.
+let queueHead = null;
+let queueTail = null;
+let busy = false;
+
+function enqueue(item) {
+  if (queueTail === null) queueHead = item;
+  else queueTail.next = item;
+  queueTail = item;
+}
+
+function appendInput(chunk) {
+  const chunkLength = byteLengthOf(chunk);
+  const needed = inputLength + chunkLength;
+  if (needed > byteLengthOf(inputBuffer)) {
+    let capacity = byteLengthOf(inputBuffer) * 2;
+    while (capacity < needed) capacity *= 2;
+    const grown = new U8(capacity);
+    TypedArraySet(grown, view(inputBuffer, 0, inputLength), 0);
+    inputBuffer = grown;
+  }
+  TypedArraySet(inputBuffer, chunk, inputLength);
+  inputLength = needed;
+}
+
+function parseHeader(bytes) {
+  let header;
+  try {
+    header = JSONParse(utf8Decode(bytes));
+  } catch (err) {
+    fatal('frame header is not JSON: ' + safeString(safeGet(err, 'message')));
+  }
+  if (header === null || typeof header !== 'object' || typeof own(header, 't') !== 'string') {
+    fatal("frame header is not an object with a string 't'");
+  }
+  return header;
+}
+
+// Split the buffered input into frames. Both bodies the runner receives are UTF-8 text.
+function parseFrames() {
+  let at = 0;
+  while (inputLength - at >= PREFIX_BYTES) {
+    const headLength = getU32(inputBuffer, at);
+    const bodyLength = getU32(inputBuffer, at + 4);
+    if (headLength === 0 || headLength > MAX_HEADER_BYTES) {
+      fatal(`frame header of ${headLength} bytes`);
+    }
+    if (inputLength - at - PREFIX_BYTES < headLength + bodyLength) break;
+    const header = parseHeader(view(inputBuffer, at + PREFIX_BYTES, headLength));
+    const body = utf8Decode(view(inputBuffer, at + PREFIX_BYTES + headLength, bodyLength));
+    enqueue({ __proto__: null, header, body, next: null });
+    at += PREFIX_BYTES + headLength + bodyLength;
+  }
+  if (at === 0) return;
+  inputLength -= at;
+  if (byteLengthOf(inputBuffer) > 4 * INITIAL_INPUT_BYTES && inputLength < INITIAL_INPUT_BYTES) {
+    // Give back the memory of a large frame (an input, a big step): it counts against the jail.
+    const small = new U8(INITIAL_INPUT_BYTES);
+    TypedArraySet(small, view(inputBuffer, at, inputLength), 0);
+    inputBuffer = small;
+  } else {
+    TypedArrayCopyWithin(inputBuffer, 0, at, at + inputLength);
+  }
+}
+
+function onExec(header, body) {
+  let input = null;
+  if (body !== '') {
+    try {
+      input = JSONParse(body);
+    } catch (err) {
+      fatal('exec input is not JSON: ' + safeString(safeGet(err, 'message')));
+    }
+  }
+  execution = {
+    __proto__: null,
+    id: safeString(own(header, 'id', '')),
+    tenantId: safeString(own(header, 'tenant', '')),
+    attempt: own(header, 'attempt', 0),
+    configVars: own(header, 'configVars', {}),
+    credentials: own(header, 'credentials', {}),
+    input,
+  };
+}
+
+function limit(header, key) {
+  const value = own(header, key, Infinity);
+  return typeof value === 'number' && value >= 0 ? value : Infinity;
+}
+
+function onStep(header, body) {
+  const seq = own(header, 'seq');
+  const name = own(header, 'name');
+  if (!NumberIsSafeInteger(seq) || typeof name !== 'string') {
+    fatal('step frame without seq and name');
+  }
+  busy = true;
+  startStep(
+    {
+      __proto__: null,
+      seq,
+      name,
+      filename: stepFilename(name),
+      moduleURL: '', // set when the step is an ES module
+      returnResult: own(header, 'returnResult', true) !== false,
+      logBytes: limit(header, 'logBytes'),
+      resultBytes: limit(header, 'resultBytes'),
+      logUsed: 0,
+      logDropped: false,
+      finished: false,
+    },
+    body,
+  );
+}
+
+// Handle queued frames until a step is running.
+function pump() {
+  while (!busy && queueHead !== null) {
+    const item = queueHead;
+    queueHead = item.next;
+    if (queueHead === null) queueTail = null;
+    if (item.header === null) reallyExit(0); // EOF on fd 3: the daemon is gone
+    const type = item.header.t;
+    if (type === 'exec') onExec(item.header, item.body);
+    else if (type === 'step') onStep(item.header, item.body);
+    else if (type === 'end') reallyExit(0);
+    else fatal(`unknown frame type ${JSONStringify(type)}`);
+  }
+}
+
+function listen() {
+  // A net.Socket reads the pipe through the event loop, without holding a threadpool thread.
+  const work = new net.Socket({ fd: FD_WORK, readable: true, writable: false });
+  work.on('data', (chunk) => {
+    appendInput(chunk);
+    parseFrames();
+    pump();
+  });
+  work.on('end', () => {
+    enqueue({ __proto__: null, header: null, body: '', next: null });
+    pump();
+  });
+  work.on('error', (err) => fatal('cannot read fd 3: ' + safeString(safeGet(err, 'message'))));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start
+// ---------------------------------------------------------------------------------------------
+
+// Builtins that steps commonly use, loaded now so that the first step does not pay for them.
+const PRELOAD = [
+  'fs', 'path', 'util', 'crypto', 'zlib', 'url', 'events', 'stream', 'buffer', 'querystring',
+  'string_decoder',
+];
+for (const name of PRELOAD) require(name);
+
+installConsole();
+installStreams();
+filterWarnings();
+process.on('uncaughtException', (err) => onStray(err, 'uncaught exception'));
+process.on('unhandledRejection', (reason) => onStray(reason, 'unhandled rejection'));
+listen();
+sendFrame({ __proto__: null, t: 'ready', node: NODE_VERSION });
