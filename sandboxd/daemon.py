@@ -44,7 +44,10 @@ def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
     if mode == "none":
         raise ConfigError("no usable cgroup hierarchy; start with --cgroups none to run without")
     try:
-        return cgroups.open_driver(mode), mode
+        driver = cgroups.open_driver(mode, cgroups.daemon_parent_name())
+        for name in cgroups.remove_dead_daemons(driver, mode):
+            log.warning("removed cgroups left by a dead daemon: %s", name)
+        return driver, mode
     except cgroups.CgroupError as exc:
         raise ConfigError(
             f"cgroups ({mode}): {exc}; start with --cgroups none to run without"
@@ -140,7 +143,7 @@ class Daemon:
         if self._launcher is not None:
             await self._launcher.close()
         if self._cgroups is not None:
-            self._cgroups.cleanup_stale()
+            self._cgroups.close()
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop."""

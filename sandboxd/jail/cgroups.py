@@ -43,6 +43,7 @@ DRAIN_TIMEOUT_S: Final = 5.0  # kill -> every process gone: milliseconds, unless
 _POLL_S: Final = 0.002
 _FREEZE_TIMEOUT_S: Final = 0.5
 _DAEMON_LEAF: Final = "daemon"
+DAEMON_PARENT_PREFIX: Final = "sandboxd-"
 _JAIL_ID: Final = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 
@@ -247,6 +248,18 @@ class CgroupDriver(ABC):
             self._existing(name).remove()
         return names
 
+    def close(self) -> None:
+        """Remove every jail cgroup and the parent itself (the daemon is stopping)."""
+        self.cleanup_stale()
+        for parent in self.parent_dirs:
+            _rmdir(parent)
+
+    def sibling_parents(self) -> list[str]:
+        """Names of the other daemons' parents next to this one (same own cgroup)."""
+        own_dirs = {os.path.dirname(parent) for parent in self.parent_dirs}
+        mine = {os.path.basename(parent) for parent in self.parent_dirs}
+        return sorted({name for own in own_dirs for name in _subdirs(own)} - mine)
+
 
 class V2Driver(CgroupDriver):
     def __init__(self, own_dir: str, parent_name: str):
@@ -406,6 +419,38 @@ def open_driver(
     if mode == "v1":
         return V1Driver(_own_v1_dirs(root), parent_name)
     raise CgroupError(f"open cgroups: no cgroup hierarchy at {root}: jails need limits")
+
+
+def daemon_parent_name(pid: int | None = None) -> str:
+    """The parent cgroup of one daemon's jails: one per daemon, so daemons never share one."""
+    return f"{DAEMON_PARENT_PREFIX}{os.getpid() if pid is None else pid}"
+
+
+def remove_dead_daemons(
+    driver: CgroupDriver, mode: CgroupMode, root: str = "/sys/fs/cgroup"
+) -> list[str]:
+    """Clean the parents of daemons that died without cleaning up; the names removed.
+
+    A daemon killed with SIGKILL takes its jails along (parent-death signals), but leaves its
+    empty cgroups; the next daemon on the host removes them.
+    """
+    removed = []
+    for name in driver.sibling_parents():
+        match = re.fullmatch(re.escape(DAEMON_PARENT_PREFIX) + r"(\d+)", name)
+        if match and not _pid_alive(int(match[1])):
+            open_driver(mode, name, root).close()
+            removed.append(name)
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _own_v2_dir(root: str) -> str:
