@@ -28,6 +28,8 @@ class Settings:
     cgroups: str = "auto"  # auto | v2 | v1 | none ("none" must be chosen explicitly)
     cpu_quota: float = 1.0  # cores per jail
     max_steps: int = 64
+    max_session_steps: int = 100_000
+    session_idle_timeout_s: float = 60.0
     max_code_bytes: int = 1024 * 1024
     max_input_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 30.0
@@ -36,13 +38,14 @@ class Settings:
         default_factory=lambda: Limits(
             timeout_ms=300_000,
             cpu_time_ms=600_000,
-            memory_bytes=2048 * 1024 * 1024,
+            memory_bytes=4096 * 1024 * 1024,
             pids=512,
             open_files=4096,
             file_size_bytes=1024 * 1024 * 1024,
             tmpfs_bytes=1024 * 1024 * 1024,
             log_bytes=16 * 1024 * 1024,
             result_bytes=256 * 1024 * 1024,
+            log_lines=1_000_000,
         )
     )
 

@@ -21,13 +21,14 @@ class LimitError(ValueError):
 class Limits:
     timeout_ms: int = 10_000
     cpu_time_ms: int = 60_000
-    memory_bytes: int = 256 * MiB
+    memory_bytes: int = 1024 * MiB  # a 64 MiB payload in and out peaks near 550 MB in Node
     pids: int = 64
     open_files: int = 256
     file_size_bytes: int = 64 * MiB
     tmpfs_bytes: int = 64 * MiB
     log_bytes: int = 1 * MiB
     result_bytes: int = 64 * MiB
+    log_lines: int = 10_000
 
     def jail_limits(self, cpu_quota: float) -> JailLimits:
         """The kernel side of these limits."""
@@ -65,7 +66,7 @@ class Limits:
 
 # Per step, only these can differ from the execution: the jail's kernel limits are shared by
 # every step of the execution, since the steps run in one process.
-STEP_LIMITS = ("timeout_ms", "log_bytes", "result_bytes")
+STEP_LIMITS = ("timeout_ms", "log_bytes", "result_bytes", "log_lines")
 
 
 def step_override(base: Limits, requested: Any, ceiling: Limits) -> Limits:

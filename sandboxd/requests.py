@@ -6,7 +6,7 @@ import json
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sandboxd.config import Settings
 from sandboxd.limits import LimitError, Limits, step_override
@@ -27,6 +27,8 @@ class StepPlan:
     name: str
     code: str
     limits: Limits
+    input: bytes | None = None  # a session step's own input (JSON); None: the execution's
+    return_result: bool = True  # False: the result stays in the jail, reported by size
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +41,9 @@ class ExecutionPlan:
     config_vars: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict)
     attempt: int = 1
+    session: bool = False  # steps come from the caller one by one; a throw does not end it
+    idle_timeout_s: float | None = None
+    max_steps: int = 0
 
 
 def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionPlan:
@@ -49,14 +54,83 @@ def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionP
         limits = settings.defaults.override(request.limits, settings.ceilings)
     except LimitError as exc:
         raise InvalidRequest(str(exc)) from None
+    steps = _plan_steps(request.steps, limits, settings)
+    returned = _returned_steps(request, steps)
     return ExecutionPlan(
         execution_id=execution_id or uuid.uuid4().hex,
         tenant_id=tenant_id,
-        steps=_plan_steps(request.steps, limits, settings),
+        steps=tuple(replace(step, return_result=step.name in returned) for step in steps),
         input=_checked_input(request.input, settings.max_input_bytes),
         limits=limits,
         config_vars=dict(request.config_vars),
         credentials=dict(request.credentials),
+    )
+
+
+def _returned_steps(request: pb.ExecuteRequest, steps: tuple[StepPlan, ...]) -> set[str]:
+    """The names of the steps whose results go back to the caller."""
+    names = [step.name for step in steps]
+    selection = request.return_results
+    if request.return_steps and selection != pb.RESULTS_NAMED:
+        raise InvalidRequest("return_steps needs return_results RESULTS_NAMED")
+    if selection == pb.RESULTS_ALL:
+        return set(names)
+    if selection == pb.RESULTS_LAST:
+        return {names[-1]}
+    if selection == pb.RESULTS_NONE:
+        return set()
+    if selection == pb.RESULTS_NAMED:
+        unknown = sorted(set(request.return_steps) - set(names))
+        if unknown:
+            raise InvalidRequest(f"return_steps names no step of this execution: {unknown}")
+        return set(request.return_steps)
+    raise InvalidRequest(f"unknown return_results value {selection}")
+
+
+def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
+    """The plan of a session: its context and limits; steps come later, one at a time."""
+    tenant_id = _checked_id("tenant_id", request.tenant_id, TENANT_ID, required=True)
+    execution_id = _checked_id("execution_id", request.execution_id, EXECUTION_ID, required=False)
+    try:
+        limits = settings.defaults.override(request.limits, settings.ceilings)
+    except LimitError as exc:
+        raise InvalidRequest(str(exc)) from None
+    max_steps = request.max_steps or settings.max_session_steps
+    if max_steps > settings.max_session_steps:
+        raise InvalidRequest(f"max_steps {max_steps} is above {settings.max_session_steps}")
+    idle_ms = request.idle_timeout_ms
+    return ExecutionPlan(
+        execution_id=execution_id or uuid.uuid4().hex,
+        tenant_id=tenant_id,
+        steps=(),
+        input=b"null",
+        limits=limits,
+        config_vars=dict(request.config_vars),
+        credentials=dict(request.credentials),
+        session=True,
+        idle_timeout_s=idle_ms / 1000 if idle_ms else settings.session_idle_timeout_s,
+        max_steps=max_steps,
+    )
+
+
+def plan_session_step(
+    request: pb.SessionStep, index: int, plan: ExecutionPlan, settings: Settings, raw_input: bytes
+) -> StepPlan:
+    """One step of a session, checked like an Execute step; its input is already assembled."""
+    if index >= plan.max_steps:
+        raise InvalidRequest(f"the session reached its limit of {plan.max_steps} steps")
+    _check_step(index, request.name, request.code, settings)
+    try:
+        limits = step_override(plan.limits, request.limits, settings.ceilings)
+    except LimitError as exc:
+        raise InvalidRequest(f"step {request.name!r}: {exc}") from None
+    return StepPlan(
+        index=index,
+        name=request.name,
+        code=request.code,
+        limits=limits,
+        input=_checked_input(raw_input, settings.max_input_bytes),
+        return_result=not request.keep_result,
     )
 
 
@@ -97,6 +171,33 @@ def _plan_steps(
             raise InvalidRequest(f"step {step.name!r}: {exc}") from None
         plans.append(StepPlan(index, step.name, step.code, step_limits))
     return tuple(plans)
+
+
+def _check_step(index: int, name: str, code: str, settings: Settings) -> None:
+    if not STEP_NAME.fullmatch(name):
+        raise InvalidRequest(f"step {index}: name {name[:80]!r} must match {STEP_NAME.pattern}")
+    if not code.strip():
+        raise InvalidRequest(f"step {name!r}: code is empty")
+    if len(code.encode()) > settings.max_code_bytes:
+        raise InvalidRequest(f"step {name!r}: code over {settings.max_code_bytes} bytes")
+
+
+class ChunkedInput:
+    """An input sent in pieces, refused as soon as it passes the limit."""
+
+    def __init__(self, max_bytes: int):
+        self._max_bytes = max_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
+
+    def add(self, data: bytes) -> None:
+        self._size += len(data)
+        if self._size > self._max_bytes:
+            raise InvalidRequest(f"input of more than {self._max_bytes} bytes is over the limit")
+        self._parts.append(data)
+
+    def value(self) -> bytes:
+        return b"".join(self._parts)
 
 
 def _checked_input(raw: bytes, max_bytes: int) -> bytes:

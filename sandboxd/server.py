@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import psutil
@@ -13,7 +13,15 @@ from sandboxd.config import Settings
 from sandboxd.executions import ExecutionAlreadyRunning, Executor
 from sandboxd.jail.errors import JailError
 from sandboxd.pool import PoolClosed
-from sandboxd.requests import InvalidRequest, plan_execution
+from sandboxd.requests import (
+    ChunkedInput,
+    ExecutionPlan,
+    InvalidRequest,
+    StepPlan,
+    plan_execution,
+    plan_session,
+    plan_session_step,
+)
 from sandboxd.v1 import sandbox_pb2 as pb
 from sandboxd.v1 import sandbox_pb2_grpc as pb_grpc
 
@@ -39,8 +47,40 @@ class SandboxService(pb_grpc.SandboxServicer):
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecutionEvent]:
+        async for event in self._execute(context, lambda: _planned(request, self._settings)):
+            yield event
+
+    async def ExecuteChunked(
+        self, parts: AsyncIterator[pb.ExecuteUpload], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        async def plan() -> tuple[ExecutionPlan, None]:
+            request = await _uploaded_request(parts, self._settings.max_input_bytes)
+            return plan_execution(request, self._settings), None
+
+        async for event in self._execute(context, plan):
+            yield event
+
+    async def Session(
+        self, parts: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        async def plan() -> tuple[ExecutionPlan, AsyncIterator[StepPlan]]:
+            first = await anext(parts, None)
+            if first is None or not first.HasField("open"):
+                raise InvalidRequest("a session starts with an `open` message")
+            session = plan_session(first.open, self._settings)
+            return session, _session_steps(parts, session, self._settings)
+
+        async for event in self._execute(context, plan):
+            yield event
+
+    async def _execute(
+        self,
+        context: grpc.aio.ServicerContext,
+        plan: Callable[[], Awaitable[tuple[ExecutionPlan, AsyncIterator[StepPlan] | None]]],
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        """Plan, admit and run one execution, ending the RPC with the right status if refused."""
         try:
-            plan = plan_execution(request, self._settings)
+            planned, steps = await plan()
         except InvalidRequest as exc:
             self._executor.outcomes["INVALID_REQUEST"] += 1
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST, str(exc))
@@ -51,7 +91,7 @@ class SandboxService(pb_grpc.SandboxServicer):
             )
             return
         try:
-            async for event in self._executor.run(plan):
+            async for event in self._executor.run(planned, steps):
                 yield event
         except ExecutionAlreadyRunning as exc:
             await abort(context, grpc.StatusCode.ALREADY_EXISTS, pb.INVALID_REQUEST, str(exc))
@@ -98,6 +138,62 @@ class SandboxService(pb_grpc.SandboxServicer):
             memory_available_bytes=memory.available,
             daemon_rss_bytes=psutil.Process().memory_info().rss,
         )
+
+
+async def _planned(
+    request: pb.ExecuteRequest, settings: Settings
+) -> tuple[ExecutionPlan, AsyncIterator[StepPlan] | None]:
+    return plan_execution(request, settings), None
+
+
+async def _uploaded_request(
+    parts: AsyncIterator[pb.ExecuteUpload], max_input_bytes: int
+) -> pb.ExecuteRequest:
+    """The request of an ExecuteChunked call with its input put back together."""
+    first = await anext(parts, None)
+    if first is None or not first.HasField("request"):
+        raise InvalidRequest("ExecuteChunked starts with the request")
+    request = first.request
+    upload = ChunkedInput(max_input_bytes)
+    upload.add(request.input)
+    async for part in parts:
+        if not part.HasField("input_chunk"):
+            raise InvalidRequest("ExecuteChunked takes one request, then input chunks")
+        upload.add(part.input_chunk.data)
+        if part.input_chunk.last:
+            break
+    request.input = upload.value()
+    return request
+
+
+async def _session_steps(
+    parts: AsyncIterator[pb.SessionRequest], plan: ExecutionPlan, settings: Settings
+) -> AsyncIterator[StepPlan]:
+    """The caller's steps, each with its input assembled; InvalidRequest ends the session."""
+    index = 0
+    async for part in parts:
+        if not part.HasField("step"):
+            raise InvalidRequest("expected a step (input chunks follow a step with input_chunked)")
+        step = part.step
+        raw_input = step.input
+        if step.input_chunked:
+            raw_input = await _step_input(parts, step.input, settings.max_input_bytes)
+        yield plan_session_step(step, index, plan, settings, raw_input)
+        index += 1
+
+
+async def _step_input(
+    parts: AsyncIterator[pb.SessionRequest], first: bytes, max_bytes: int
+) -> bytes:
+    upload = ChunkedInput(max_bytes)
+    upload.add(first)
+    async for part in parts:
+        if not part.HasField("input_chunk"):
+            raise InvalidRequest("a chunked step input ends with a chunk marked last")
+        upload.add(part.input_chunk.data)
+        if part.input_chunk.last:
+            return upload.value()
+    raise InvalidRequest("the session closed inside a chunked step input")
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import filecmp
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 from sandbox_client import SandboxClient
 
 ROOTFS = os.environ.get("SANDBOXD_ROOTFS", "/var/lib/sandboxd/rootfs")
+RUNNER = os.path.join(os.path.dirname(__file__), "..", "images", "node", "runner.js")
 UID_BASE = 200_000
 POOL_MAX = 32
 
@@ -33,6 +35,8 @@ def start_daemon(
     """`sandboxd serve` as a child process; returns once it serves."""
     if not os.path.exists(f"{ROOTFS}/usr/local/bin/node"):
         pytest.fail(f"no jail image at {ROOTFS}: run scripts/setup first")
+    if not filecmp.cmp(f"{ROOTFS}/sandboxd/runner.js", RUNNER, shallow=False):
+        pytest.fail(f"the jail image at {ROOTFS} has an old runner.js: run scripts/setup")
     argv = [
         sys.executable,
         "-m",

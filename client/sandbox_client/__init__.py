@@ -22,6 +22,7 @@ from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import decode_result, result_of
 from sandbox_client._format import format_event
 from sandbox_client._request import Limits, Step
+from sandbox_client._session import Session
 from sandbox_client._sync import SyncSandboxClient
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Limits",
     "SandboxClient",
     "SandboxError",
+    "Session",
     "Step",
     "SyncSandboxClient",
     "decode_result",

@@ -18,9 +18,11 @@ from typing import Any, ParamSpec, Self
 
 import grpc
 
+from sandbox_client._chunks import CHUNK_BYTES, Reassembler, upload
 from sandbox_client._errors import error_from_rpc
 from sandbox_client._events import result_of
-from sandbox_client._request import Limits, Step, execute_request
+from sandbox_client._request import Limits, ReturnResults, Step, execute_request
+from sandbox_client._session import Session, open_message
 from sandboxd.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 _P = ParamSpec("_P")
@@ -121,6 +123,7 @@ class SandboxClient:
         config_vars: Mapping[str, str] | None = None,
         credentials: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        return_results: ReturnResults = "all",
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> AsyncGenerator[sandbox_pb2.ExecutionEvent, None]:
@@ -142,6 +145,9 @@ class SandboxClient:
             config_vars: ``context.configVars``.
             credentials: ``context.credentials``; never logged by the daemon.
             limits: limits of the execution (each step's own limits override them).
+            return_results: whose results come back: "all", "last", "none", or a list of step
+                names; the others stay in the jail (later steps still read them) and their
+                StepFinished carries only the size.
             timeout: seconds until the gRPC deadline; the execution is cancelled then and the
                 error kind is TIMEOUT.
             metadata: extra gRPC request metadata.
@@ -155,19 +161,50 @@ class SandboxClient:
             config_vars=config_vars,
             credentials=credentials,
             limits=limits,
+            return_results=return_results,
         )
-        call = self._stub.Execute(request, timeout=timeout, metadata=metadata)
+        call = (
+            self._stub.ExecuteChunked(upload(request), timeout=timeout, metadata=metadata)
+            if len(request.input) > CHUNK_BYTES
+            else self._stub.Execute(request, timeout=timeout, metadata=metadata)
+        )
         known_id = execution_id
+        results = Reassembler()
         try:
-            async for event in call:
-                known_id = event.execution_id or known_id
-                yield event
+            async for received in call:
+                known_id = received.execution_id or known_id
+                if (event := results.feed(received)) is not None:
+                    yield event
         except grpc.aio.AioRpcError as error:
             raise error_from_rpc(error, known_id) from error
         finally:
             call.cancel()
 
     run = _returning_result(execute)
+
+    def session(
+        self,
+        *,
+        tenant_id: str,
+        execution_id: str | None = None,
+        config_vars: Mapping[str, str] | None = None,
+        credentials: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
+        idle_timeout: float | None = None,
+        max_steps: int | None = None,
+        metadata: Sequence[tuple[str, str]] | None = None,
+    ) -> Session:
+        """A session: one jail, steps sent one at a time (``async with`` it; see Session)."""
+        message = open_message(
+            tenant_id=tenant_id,
+            execution_id=execution_id,
+            config_vars=config_vars,
+            credentials=credentials,
+            limits=limits,
+            idle_timeout=idle_timeout,
+            max_steps=max_steps,
+        )
+        return Session(self._stub.Session(metadata=metadata), message)
 
     async def status(self, *, timeout: float | None = None) -> sandbox_pb2.Status:
         """The daemon's pool, queue and host figures."""

@@ -6,8 +6,12 @@ import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from sandboxd.v1 import sandbox_pb2
+
+# "all", "last", "none", or the names of the steps whose results come back.
+ReturnResults = Literal["all", "last", "none"] | Sequence[str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,7 @@ class Limits:
     tmpfs_bytes: int | None = None
     log_bytes: int | None = None
     result_bytes: int | None = None
+    log_lines: int | None = None
 
     def to_proto(self) -> sandbox_pb2.Limits:
         """The proto message, where 0 stands for an unset (None) limit."""
@@ -63,20 +68,41 @@ def execute_request(
     config_vars: Mapping[str, str] | None,
     credentials: Mapping[str, str] | None,
     limits: Limits | None,
+    return_results: ReturnResults = "all",
 ) -> sandbox_pb2.ExecuteRequest:
     """The ExecuteRequest for :meth:`SandboxClient.execute`'s arguments."""
+    selection, named = _selection(return_results)
     return sandbox_pb2.ExecuteRequest(
+        return_results=selection,
+        return_steps=named,
         tenant_id=tenant_id,
         execution_id=execution_id or "",
         steps=[step.to_proto() for step in steps],
-        input=_input_bytes(input, input_json),
+        input=input_bytes(input, input_json),
         config_vars=dict(config_vars or {}),
         credentials=dict(credentials or {}),
         limits=limits.to_proto() if limits else None,
     )
 
 
-def _input_bytes(value: object, raw: bytes | None) -> bytes:
+_SELECTIONS = {
+    "all": sandbox_pb2.RESULTS_ALL,
+    "last": sandbox_pb2.RESULTS_LAST,
+    "none": sandbox_pb2.RESULTS_NONE,
+}
+
+
+def _selection(value: ReturnResults) -> tuple[sandbox_pb2.ResultSelection, list[str]]:
+    if isinstance(value, str):
+        if value not in _SELECTIONS:
+            raise ValueError(
+                f"return_results must be 'all', 'last', 'none' or step names: {value!r}"
+            )
+        return _SELECTIONS[value], []
+    return sandbox_pb2.RESULTS_NAMED, list(value)
+
+
+def input_bytes(value: object, raw: bytes | None) -> bytes:
     """The input as UTF-8 JSON: ``raw`` as given, else ``value`` encoded (None is JSON null)."""
     if raw is None:
         return json.dumps(value, ensure_ascii=False, allow_nan=False).encode()

@@ -613,7 +613,7 @@ function importModule(step, code) {
 
 function makeContext(step) {
   return {
-    input: execution.input,
+    input: step.hasInput ? step.input : execution.input,
     steps,
     configVars: execution.configVars,
     credentials: execution.credentials,
@@ -791,6 +791,19 @@ function onExec(header, body) {
   };
 }
 
+// A session step's own input arrives in an `input` frame right before its `step` frame.
+let pendingInput = null;
+
+function onInput(header, body) {
+  let value = null;
+  try {
+    value = body === '' ? null : JSONParse(body);
+  } catch (err) {
+    fatal('step input is not JSON: ' + safeString(safeGet(err, 'message')));
+  }
+  pendingInput = { __proto__: null, seq: own(header, 'seq'), value };
+}
+
 function limit(header, key) {
   const value = own(header, key, Infinity);
   return typeof value === 'number' && value >= 0 ? value : Infinity;
@@ -802,12 +815,16 @@ function onStep(header, body) {
   if (!NumberIsSafeInteger(seq) || typeof name !== 'string') {
     fatal('step frame without seq and name');
   }
+  const input = pendingInput !== null && pendingInput.seq === seq ? pendingInput : null;
+  pendingInput = null;
   busy = true;
   startStep(
     {
       __proto__: null,
       seq,
       name,
+      hasInput: input !== null,
+      input: input === null ? null : input.value,
       filename: stepFilename(name),
       moduleURL: '', // set when the step is an ES module
       returnResult: own(header, 'returnResult', true) !== false,
@@ -831,6 +848,7 @@ function pump() {
     const type = item.header.t;
     if (type === 'exec') onExec(item.header, item.body);
     else if (type === 'step') onStep(item.header, item.body);
+    else if (type === 'input') onInput(item.header, item.body);
     else if (type === 'end') reallyExit(0);
     else fatal(`unknown frame type ${JSONStringify(type)}`);
   }

@@ -27,6 +27,13 @@ class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNAVAILABLE: _ClassVar[ErrorKind]
     INTERNAL: _ClassVar[ErrorKind]
 
+class ResultSelection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESULTS_ALL: _ClassVar[ResultSelection]
+    RESULTS_LAST: _ClassVar[ResultSelection]
+    RESULTS_NONE: _ClassVar[ResultSelection]
+    RESULTS_NAMED: _ClassVar[ResultSelection]
+
 class LogLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LOG_LEVEL_UNSPECIFIED: _ClassVar[LogLevel]
@@ -54,6 +61,10 @@ QUOTA_EXCEEDED: ErrorKind
 INVALID_REQUEST: ErrorKind
 UNAVAILABLE: ErrorKind
 INTERNAL: ErrorKind
+RESULTS_ALL: ResultSelection
+RESULTS_LAST: ResultSelection
+RESULTS_NONE: ResultSelection
+RESULTS_NAMED: ResultSelection
 LOG_LEVEL_UNSPECIFIED: LogLevel
 LOG_LEVEL_DEBUG: LogLevel
 LOG_LEVEL_INFO: LogLevel
@@ -64,7 +75,7 @@ EXECUTION_STATUS_SUCCEEDED: ExecutionStatus
 EXECUTION_STATUS_FAILED: ExecutionStatus
 
 class Limits(_message.Message):
-    __slots__ = ("timeout_ms", "cpu_time_ms", "memory_bytes", "pids", "open_files", "file_size_bytes", "tmpfs_bytes", "log_bytes", "result_bytes")
+    __slots__ = ("timeout_ms", "cpu_time_ms", "memory_bytes", "pids", "open_files", "file_size_bytes", "tmpfs_bytes", "log_bytes", "result_bytes", "log_lines")
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +85,7 @@ class Limits(_message.Message):
     TMPFS_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOG_LINES_FIELD_NUMBER: _ClassVar[int]
     timeout_ms: int
     cpu_time_ms: int
     memory_bytes: int
@@ -83,7 +95,8 @@ class Limits(_message.Message):
     tmpfs_bytes: int
     log_bytes: int
     result_bytes: int
-    def __init__(self, timeout_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., open_files: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., tmpfs_bytes: _Optional[int] = ..., log_bytes: _Optional[int] = ..., result_bytes: _Optional[int] = ...) -> None: ...
+    log_lines: int
+    def __init__(self, timeout_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., open_files: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., tmpfs_bytes: _Optional[int] = ..., log_bytes: _Optional[int] = ..., result_bytes: _Optional[int] = ..., log_lines: _Optional[int] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("name", "code", "limits")
@@ -96,7 +109,7 @@ class Step(_message.Message):
     def __init__(self, name: _Optional[str] = ..., code: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("tenant_id", "execution_id", "steps", "input", "config_vars", "credentials", "limits")
+    __slots__ = ("tenant_id", "execution_id", "steps", "input", "config_vars", "credentials", "limits", "return_results", "return_steps")
     class ConfigVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -118,6 +131,8 @@ class ExecuteRequest(_message.Message):
     CONFIG_VARS_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_RESULTS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_STEPS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     execution_id: str
     steps: _containers.RepeatedCompositeFieldContainer[Step]
@@ -125,7 +140,83 @@ class ExecuteRequest(_message.Message):
     config_vars: _containers.ScalarMap[str, str]
     credentials: _containers.ScalarMap[str, str]
     limits: Limits
-    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., input: _Optional[bytes] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    return_results: ResultSelection
+    return_steps: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., input: _Optional[bytes] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., return_results: _Optional[_Union[ResultSelection, str]] = ..., return_steps: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("data", "last")
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LAST_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    last: bool
+    def __init__(self, data: _Optional[bytes] = ..., last: bool = ...) -> None: ...
+
+class ExecuteUpload(_message.Message):
+    __slots__ = ("request", "input_chunk")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    request: ExecuteRequest
+    input_chunk: Chunk
+    def __init__(self, request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., input_chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+
+class SessionOpen(_message.Message):
+    __slots__ = ("tenant_id", "execution_id", "config_vars", "credentials", "limits", "idle_timeout_ms", "max_steps")
+    class ConfigVarsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class CredentialsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_VARS_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
+    execution_id: str
+    config_vars: _containers.ScalarMap[str, str]
+    credentials: _containers.ScalarMap[str, str]
+    limits: Limits
+    idle_timeout_ms: int
+    max_steps: int
+    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_ms: _Optional[int] = ..., max_steps: _Optional[int] = ...) -> None: ...
+
+class SessionStep(_message.Message):
+    __slots__ = ("name", "code", "input", "input_chunked", "keep_result", "limits")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CHUNKED_FIELD_NUMBER: _ClassVar[int]
+    KEEP_RESULT_FIELD_NUMBER: _ClassVar[int]
+    LIMITS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    code: str
+    input: bytes
+    input_chunked: bool
+    keep_result: bool
+    limits: Limits
+    def __init__(self, name: _Optional[str] = ..., code: _Optional[str] = ..., input: _Optional[bytes] = ..., input_chunked: bool = ..., keep_result: bool = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+
+class SessionRequest(_message.Message):
+    __slots__ = ("open", "step", "input_chunk")
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INPUT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    open: SessionOpen
+    step: SessionStep
+    input_chunk: Chunk
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., step: _Optional[_Union[SessionStep, _Mapping]] = ..., input_chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
     __slots__ = ("execution_id",)
@@ -188,20 +279,36 @@ class Log(_message.Message):
     def __init__(self, step: _Optional[str] = ..., level: _Optional[_Union[LogLevel, str]] = ..., text: _Optional[str] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., truncated: bool = ...) -> None: ...
 
 class StepFinished(_message.Message):
-    __slots__ = ("step", "index", "json", "binary", "result_bytes", "usage")
+    __slots__ = ("step", "index", "json", "binary", "result_bytes", "usage", "kept", "result_chunks")
     STEP_FIELD_NUMBER: _ClassVar[int]
     INDEX_FIELD_NUMBER: _ClassVar[int]
     JSON_FIELD_NUMBER: _ClassVar[int]
     BINARY_FIELD_NUMBER: _ClassVar[int]
     RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
+    KEPT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     step: str
     index: int
     json: bytes
     binary: bytes
     result_bytes: int
     usage: Usage
-    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ..., json: _Optional[bytes] = ..., binary: _Optional[bytes] = ..., result_bytes: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
+    kept: bool
+    result_chunks: int
+    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ..., json: _Optional[bytes] = ..., binary: _Optional[bytes] = ..., result_bytes: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., kept: bool = ..., result_chunks: _Optional[int] = ...) -> None: ...
+
+class ResultChunk(_message.Message):
+    __slots__ = ("step", "index", "data", "binary")
+    STEP_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    BINARY_FIELD_NUMBER: _ClassVar[int]
+    step: str
+    index: int
+    data: bytes
+    binary: bool
+    def __init__(self, step: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ..., binary: bool = ...) -> None: ...
 
 class StepFailed(_message.Message):
     __slots__ = ("step", "index", "kind", "message", "stack")
@@ -234,7 +341,7 @@ class ExecutionFinished(_message.Message):
     def __init__(self, status: _Optional[_Union[ExecutionStatus, str]] = ..., error_kind: _Optional[_Union[ErrorKind, str]] = ..., error_message: _Optional[str] = ..., failed_step: _Optional[str] = ..., steps_completed: _Optional[int] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ...) -> None: ...
 
 class ExecutionEvent(_message.Message):
-    __slots__ = ("execution_id", "seq", "time", "execution_started", "step_started", "log", "step_finished", "step_failed", "execution_finished")
+    __slots__ = ("execution_id", "seq", "time", "execution_started", "step_started", "log", "step_finished", "step_failed", "execution_finished", "result_chunk")
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
@@ -244,6 +351,7 @@ class ExecutionEvent(_message.Message):
     STEP_FINISHED_FIELD_NUMBER: _ClassVar[int]
     STEP_FAILED_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_FINISHED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     execution_id: str
     seq: int
     time: _timestamp_pb2.Timestamp
@@ -253,7 +361,8 @@ class ExecutionEvent(_message.Message):
     step_finished: StepFinished
     step_failed: StepFailed
     execution_finished: ExecutionFinished
-    def __init__(self, execution_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_started: _Optional[_Union[ExecutionStarted, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailed, _Mapping]] = ..., execution_finished: _Optional[_Union[ExecutionFinished, _Mapping]] = ...) -> None: ...
+    result_chunk: ResultChunk
+    def __init__(self, execution_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., execution_started: _Optional[_Union[ExecutionStarted, _Mapping]] = ..., step_started: _Optional[_Union[StepStarted, _Mapping]] = ..., log: _Optional[_Union[Log, _Mapping]] = ..., step_finished: _Optional[_Union[StepFinished, _Mapping]] = ..., step_failed: _Optional[_Union[StepFailed, _Mapping]] = ..., execution_finished: _Optional[_Union[ExecutionFinished, _Mapping]] = ..., result_chunk: _Optional[_Union[ResultChunk, _Mapping]] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
     __slots__ = ("warm", "leased", "starting", "failed", "target", "started", "start_ms_p50", "start_ms_p99")

@@ -39,6 +39,16 @@ class SandboxStub(object):
                 request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
                 _registered_method=True)
+        self.ExecuteChunked = channel.stream_stream(
+                '/sandboxd.v1.Sandbox/ExecuteChunked',
+                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteUpload.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+                _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/sandboxd.v1.Sandbox/Session',
+                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.SessionRequest.SerializeToString,
+                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+                _registered_method=True)
         self.Cancel = channel.unary_unary(
                 '/sandboxd.v1.Sandbox/Cancel',
                 request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.CancelRequest.SerializeToString,
@@ -56,6 +66,21 @@ class SandboxServicer(object):
 
     def Execute(self, request, context):
         """Run the request's steps in one fresh jail and stream what happens.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteChunked(self, request_iterator, context):
+        """Execute for inputs above ~1 MiB: the request, then its input as ordered chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Session(self, request_iterator, context):
+        """An execution driven step by step by the caller: open, then steps as the caller decides,
+        each with its own input and access to every earlier result; half-closing ends it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -81,6 +106,16 @@ def add_SandboxServicer_to_server(servicer, server):
             'Execute': grpc.unary_stream_rpc_method_handler(
                     servicer.Execute,
                     request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteRequest.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
+            ),
+            'ExecuteChunked': grpc.stream_stream_rpc_method_handler(
+                    servicer.ExecuteChunked,
+                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteUpload.FromString,
+                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.SessionRequest.FromString,
                     response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
@@ -120,6 +155,60 @@ class Sandbox(object):
             target,
             '/sandboxd.v1.Sandbox/Execute',
             sandboxd_dot_v1_dot_sandbox__pb2.ExecuteRequest.SerializeToString,
+            sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteChunked(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandboxd.v1.Sandbox/ExecuteChunked',
+            sandboxd_dot_v1_dot_sandbox__pb2.ExecuteUpload.SerializeToString,
+            sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/sandboxd.v1.Sandbox/Session',
+            sandboxd_dot_v1_dot_sandbox__pb2.SessionRequest.SerializeToString,
             sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,124 @@
+"""The events of one execution: numbered, timestamped, scrubbed of credentials, chunked."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from sandboxd.channel import Frame
+from sandboxd.outcomes import StepFailure
+from sandboxd.redaction import Redactor
+from sandboxd.requests import StepPlan
+from sandboxd.v1 import sandbox_pb2 as pb
+
+# Results above this travel as ResultChunk events, so no gRPC message is huge.
+RESULT_CHUNK_BYTES = 1024 * 1024
+
+_LEVELS = {
+    "debug": pb.LOG_LEVEL_DEBUG,
+    "info": pb.LOG_LEVEL_INFO,
+    "warn": pb.LOG_LEVEL_WARN,
+    "error": pb.LOG_LEVEL_ERROR,
+}
+
+
+def _now() -> Timestamp:
+    stamp = Timestamp()
+    stamp.GetCurrentTime()
+    return stamp
+
+
+class EventStamper:
+    """Makes the events of one execution, in order."""
+
+    def __init__(self, execution_id: str, redact: Redactor):
+        self.execution_id = execution_id
+        self._redact = redact
+        self._seq = 0
+
+    def make(self, **event: object) -> pb.ExecutionEvent:
+        message = pb.ExecutionEvent(
+            execution_id=self.execution_id,
+            seq=self._seq,
+            time=_now(),
+            **event,  # type: ignore[arg-type]
+        )
+        self._seq += 1
+        return message
+
+    def step_started(self, step: StepPlan) -> pb.ExecutionEvent:
+        return self.make(step_started=pb.StepStarted(step=step.name, index=step.index))
+
+    def log(self, step: StepPlan, level: str, text: str, ms: object = None) -> pb.ExecutionEvent:
+        """A log line; `ms` is the runner's own timestamp when it sent one."""
+        stamp = _now()
+        if isinstance(ms, int | float) and math.isfinite(ms) and ms >= 0:
+            stamp.FromMilliseconds(int(ms))
+        log = pb.Log(
+            step=step.name,
+            level=_LEVELS.get(level, pb.LOG_LEVEL_INFO),
+            text=self._redact(text),
+            time=stamp,
+        )
+        return self.make(log=log)
+
+    def truncation(self, step: StepPlan, what: str) -> pb.ExecutionEvent:
+        event = self.log(step, "warn", f"[log truncated: the step's limit of {what} was reached]")
+        event.log.truncated = True
+        return event
+
+    def step_result(
+        self, step: StepPlan, frame: Frame, usage: pb.Usage
+    ) -> Iterator[pb.ExecutionEvent]:
+        """The StepFinished of a result frame, preceded by its chunks when it is large."""
+        finished = pb.StepFinished(
+            step=step.name,
+            index=step.index,
+            result_bytes=int(frame.header.get("size", len(frame.body))),
+            usage=usage,
+            kept=bool(frame.header.get("kept")),
+        )
+        binary = frame.header.get("encoding") == "binary"
+        body = frame.body
+        if len(body) > RESULT_CHUNK_BYTES:
+            for offset in range(0, len(body), RESULT_CHUNK_BYTES):
+                piece = body[offset : offset + RESULT_CHUNK_BYTES]
+                chunk = pb.ResultChunk(step=step.name, index=step.index, data=piece, binary=binary)
+                yield self.make(result_chunk=chunk)
+                finished.result_chunks += 1
+        elif not finished.kept:
+            if binary:
+                finished.binary = body
+            else:
+                finished.json = body
+        yield self.make(step_finished=finished)
+
+    def step_failed(self, step: StepPlan, failure: StepFailure) -> pb.ExecutionEvent:
+        failed = pb.StepFailed(
+            step=step.name,
+            index=step.index,
+            kind=failure.kind,  # type: ignore[arg-type]
+            message=self._redact(failure.message),
+            stack=self._redact(failure.stack),
+        )
+        return self.make(step_failed=failed)
+
+    def finished(
+        self,
+        completed: int,
+        failure: tuple[str, StepFailure] | None,
+        usage: pb.Usage,
+    ) -> pb.ExecutionEvent:
+        finished = pb.ExecutionFinished(
+            status=pb.EXECUTION_STATUS_FAILED if failure else pb.EXECUTION_STATUS_SUCCEEDED,
+            steps_completed=completed,
+            usage=usage,
+        )
+        if failure:
+            step_name, error = failure
+            finished.error_kind = error.kind  # type: ignore[assignment]
+            finished.error_message = self._redact(error.message)
+            finished.failed_step = step_name
+        return self.make(execution_finished=finished)

@@ -1,0 +1,451 @@
+"""OpenTelemetry traces and metrics of the daemon.
+
+One span per execution (the server side of the RPC, continuing the caller's trace), with a child
+span for the lease and one per step. Spans and metrics carry identifiers, outcomes and resource
+use, and never anything a tenant sent or produced: no input, result, code, config var, credential,
+log text or error message (a step's error message is the tenant's own text and may quote its data).
+
+The observer learns everything from the execution's event stream, so wiring it is one line per
+event; times come from the events' own timestamps, so spans are exact even if the stream's
+consumer lags. Exporters are chosen by configuration; the standard OTEL_* variables are honoured
+(resource, service name, OTLP endpoint and headers, batch and export intervals, sampler,
+propagators) because every part is built by the SDK's environment-aware constructors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol, get_args
+
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.metrics import CallbackOptions, Observation
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import (
+    ConsoleMetricExporter,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
+from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+)
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from sandboxd import __version__
+from sandboxd.jail.errors import JailError
+from sandboxd.pool import PoolClosed
+from sandboxd.requests import ExecutionPlan
+from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded, TenantLoad
+from sandboxd.v1 import sandbox_pb2 as pb
+
+ExporterKind = Literal["none", "console", "otlp"]
+EXPORTERS: tuple[str, ...] = get_args(ExporterKind)
+
+SUCCEEDED = "SUCCEEDED"
+_SHORT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_LONG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class PoolCounts(Protocol):
+    @property
+    def failed(self) -> int: ...
+
+
+class PoolFigures(Protocol):
+    """What the gauges read from the pool (sandboxd.pool.JailPool has it)."""
+
+    @property
+    def warm(self) -> int: ...
+    @property
+    def leased(self) -> int: ...
+    @property
+    def starting(self) -> int: ...
+    @property
+    def stats(self) -> PoolCounts: ...
+
+
+def context_from_grpc_metadata(metadata: Sequence[tuple[str, str | bytes]] | None) -> Context:
+    """The trace context (W3C traceparent/tracestate, baggage) an RPC's metadata carries."""
+    carrier: dict[str, list[str]] = {}
+    for key, value in metadata or ():
+        if isinstance(value, str):  # binary (-bin) metadata carries no text propagation headers
+            carrier.setdefault(key.lower(), []).append(value)
+    # An empty base: an execution continues its caller's trace or starts a new one, never
+    # whatever span happens to be current in the daemon.
+    return propagate.extract(carrier, context=Context())
+
+
+class _Instruments:
+    """The daemon's metric instruments, created once per meter."""
+
+    def __init__(self, meter: metrics.Meter):
+        self.meter = meter
+        self.executions = meter.create_counter(
+            "sandboxd.executions", "{execution}", "Executions ended, by outcome and tenant"
+        )
+        self.execution_duration = meter.create_histogram(
+            "sandboxd.execution.duration",
+            "s",
+            "Executions from arrival at the executor to their end, lease wait included",
+            explicit_bucket_boundaries_advisory=_LONG_BUCKETS_S,
+        )
+        self.step_duration = meter.create_histogram(
+            "sandboxd.step.duration",
+            "s",
+            "Steps from start to result or failure",
+            explicit_bucket_boundaries_advisory=_LONG_BUCKETS_S,
+        )
+        self.lease_wait = meter.create_histogram(
+            "sandboxd.lease.wait",
+            "s",
+            "Time an execution waited for its jail",
+            explicit_bucket_boundaries_advisory=_SHORT_BUCKETS_S,
+        )
+        self.jail_start = meter.create_histogram(
+            "sandboxd.jail.start",
+            "s",
+            "Time from spawning a jail to its runner saying ready",
+            explicit_bucket_boundaries_advisory=_SHORT_BUCKETS_S,
+        )
+
+
+class Telemetry:
+    """Tracer and meter of one daemon; kept on this object, never installed globally."""
+
+    def __init__(
+        self,
+        tracer_provider: trace.TracerProvider,
+        meter_provider: metrics.MeterProvider,
+        shutdown: Callable[[], None] = lambda: None,
+    ):
+        self._tracer = tracer_provider.get_tracer("sandboxd", __version__)
+        self._instruments = _Instruments(meter_provider.get_meter("sandboxd", __version__))
+        self._shutdown = shutdown
+
+    @classmethod
+    def setup(
+        cls,
+        exporter: ExporterKind = "none",
+        service_name: str = "sandboxd",
+        *,
+        span_exporter: SpanExporter | None = None,
+        metric_reader: MetricReader | None = None,
+    ) -> Telemetry:
+        """Telemetry exported as `exporter` says, plus to the given exporter and reader (tests)."""
+        processors = _span_processors(exporter, span_exporter)
+        readers = _metric_readers(exporter, metric_reader)
+        if not processors and not readers:
+            # Nothing would be exported: no-op providers make every span and metric free.
+            return cls(trace.NoOpTracerProvider(), metrics.NoOpMeterProvider())
+        resource = _resource(service_name)
+        # Not shut down at interpreter exit: the daemon flushes in its own shutdown, in order.
+        tracer_provider = TracerProvider(resource=resource, shutdown_on_exit=False)
+        for processor in processors:
+            tracer_provider.add_span_processor(processor)
+        meter_provider = MeterProvider(readers, resource=resource, shutdown_on_exit=False)
+
+        def shutdown() -> None:
+            tracer_provider.shutdown()
+            meter_provider.shutdown()
+
+        return cls(tracer_provider, meter_provider, shutdown)
+
+    def shutdown(self) -> None:
+        """Flush what is pending and stop exporting (blocks up to the exporters' timeouts)."""
+        self._shutdown()
+
+    def observe(
+        self, plan: ExecutionPlan, metadata: Sequence[tuple[str, str | bytes]] | None = ()
+    ) -> ExecutionObserver:
+        """An observer of `plan`'s execution, whose span continues the trace in `metadata`."""
+        parent = context_from_grpc_metadata(metadata)
+        return ExecutionObserver(self._tracer, self._instruments, plan, parent)
+
+    def jail_started(self, seconds: float) -> None:
+        self._instruments.jail_start.record(seconds)
+
+    def watch_pool(self, pool: PoolFigures) -> None:
+        """Gauges of the pool's warm, leased and starting jails, and a count of failed ones."""
+        meter = self._instruments.meter
+        figures: dict[str, Callable[[], int]] = {
+            "warm": lambda: pool.warm,
+            "leased": lambda: pool.leased,
+            "starting": lambda: pool.starting,
+        }
+        for figure, read in figures.items():
+            meter.create_observable_gauge(
+                f"sandboxd.pool.{figure}", [_reading(read)], "{jail}", f"Jails {figure} in the pool"
+            )
+        meter.create_observable_counter(
+            "sandboxd.pool.failed",
+            [_reading(lambda: pool.stats.failed)],
+            "{jail}",
+            "Jails that failed to start or died while idle",
+        )
+
+    def watch_admission(self, admission: Admission) -> None:
+        """Gauges of running and queued executions per tenant."""
+        meter = self._instruments.meter
+        meter.create_observable_gauge(
+            "sandboxd.tenant.running",
+            [_TenantGauge(admission, lambda load: load.running)],
+            "{execution}",
+            "Executions running, per tenant",
+        )
+        meter.create_observable_gauge(
+            "sandboxd.tenant.queued",
+            [_TenantGauge(admission, lambda load: load.queued)],
+            "{execution}",
+            "Executions waiting for admission, per tenant",
+        )
+
+
+def _reading(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def callback(options: CallbackOptions) -> Iterable[Observation]:
+        return [Observation(read())]
+
+    return callback
+
+
+class _TenantGauge:
+    """One observation per active tenant; a tenant that went idle reads 0 once, then drops out,
+    so its last non-zero value does not linger in the exported series."""
+
+    def __init__(self, admission: Admission, read: Callable[[TenantLoad], int]):
+        self._admission = admission
+        self._read = read
+        self._reported: set[str] = set()
+
+    def __call__(self, options: CallbackOptions) -> Iterable[Observation]:
+        loads = self._admission.snapshot()
+        observations = [
+            Observation(self._read(load), {"tenant.id": tenant}) for tenant, load in loads.items()
+        ]
+        observations += [
+            Observation(0, {"tenant.id": tenant}) for tenant in self._reported - loads.keys()
+        ]
+        self._reported = set(loads)
+        return observations
+
+
+@dataclass
+class _OpenStep:
+    span: Span
+    started_ns: int
+
+
+class ExecutionObserver:
+    """Turns one execution's events into spans and metrics.
+
+    Use as a context manager around the event loop and call `event` for every event; an
+    execution that ends without ExecutionFinished (cancelled, refused, broken) is recorded with
+    the outcome its exception implies.
+    """
+
+    def __init__(
+        self,
+        tracer: trace.Tracer,
+        instruments: _Instruments,
+        plan: ExecutionPlan,
+        parent: Context,
+    ):
+        self._tracer = tracer
+        self._instruments = instruments
+        self._tenant = plan.tenant_id
+        self._started_ns = time.time_ns()
+        self._span = tracer.start_span(
+            "sandboxd.execution",
+            context=parent,
+            kind=SpanKind.SERVER,
+            start_time=self._started_ns,
+            attributes={
+                "tenant.id": plan.tenant_id,
+                "execution.id": plan.execution_id,
+                "execution.attempt": plan.attempt,
+                "execution.step_count": len(plan.steps),
+            },
+        )
+        self._context = trace.set_span_in_context(self._span, parent)
+        self._step: _OpenStep | None = None
+        self._ended = False
+
+    def __enter__(self) -> ExecutionObserver:
+        return self
+
+    def __exit__(self, kind: object, error: BaseException | None, traceback: object) -> None:
+        self.close(error)
+
+    def event(self, event: pb.ExecutionEvent) -> None:
+        at_ns = event.time.ToNanoseconds() or time.time_ns()
+        match event.WhichOneof("event"):
+            case "execution_started":
+                self._leased(event.execution_started, at_ns)
+            case "step_started":
+                self._step_started(event.step_started, at_ns)
+            case "step_finished":
+                self._step_finished(event.step_finished, at_ns)
+            case "step_failed":
+                self._step_failed(event.step_failed, at_ns)
+            case "execution_finished":
+                self._finished(event.execution_finished, at_ns)
+            case _:  # logs: their text is the tenant's, and their count says little
+                pass
+
+    def close(self, error: BaseException | None = None) -> None:
+        """End whatever is still open; without ExecutionFinished the outcome comes from `error`."""
+        if self._ended:
+            return
+        outcome = _outcome_of(error)
+        if self._step is not None:
+            self._end_step(outcome, {}, time.time_ns())
+        if error is not None:
+            self._span.set_attribute("exception.type", type(error).__qualname__)
+        self._end({"execution.outcome": outcome, "error.type": outcome}, time.time_ns())
+
+    def _leased(self, started: pb.ExecutionStarted, at_ns: int) -> None:
+        wait_s = started.lease_wait_us / 1e6
+        began_ns = max(self._started_ns, at_ns - started.lease_wait_us * 1000)
+        span = self._tracer.start_span(
+            "sandboxd.lease",
+            context=self._context,
+            start_time=began_ns,
+            attributes={"lease.wait_s": wait_s},
+        )
+        span.end(end_time=max(began_ns, at_ns))
+        self._instruments.lease_wait.record(wait_s)
+
+    def _step_started(self, started: pb.StepStarted, at_ns: int) -> None:
+        span = self._tracer.start_span(
+            "sandboxd.step",
+            context=self._context,
+            start_time=at_ns,
+            attributes={"step.name": started.step, "step.index": started.index},
+        )
+        self._step = _OpenStep(span, at_ns)
+
+    def _step_finished(self, finished: pb.StepFinished, at_ns: int) -> None:
+        attributes = {
+            "step.result_bytes": finished.result_bytes,
+            **_usage_attributes(finished.usage),
+        }
+        self._end_step(SUCCEEDED, attributes, at_ns, duration_s=finished.usage.duration_us / 1e6)
+
+    def _step_failed(self, failed: pb.StepFailed, at_ns: int) -> None:
+        self._end_step(pb.ErrorKind.Name(failed.kind), {}, at_ns)
+
+    def _end_step(
+        self, outcome: str, attributes: dict[str, int], at_ns: int, duration_s: float | None = None
+    ) -> None:
+        step = self._step
+        if step is None:
+            return
+        self._step = None
+        step.span.set_attributes({"step.outcome": outcome, **attributes})
+        if outcome != SUCCEEDED:
+            step.span.set_attribute("error.type", outcome)
+        step.span.set_status(_status(outcome))
+        step.span.end(end_time=max(step.started_ns, at_ns))
+        if duration_s is None:
+            duration_s = max(0, at_ns - step.started_ns) / 1e9
+        self._instruments.step_duration.record(duration_s, {"step.outcome": outcome})
+
+    def _finished(self, finished: pb.ExecutionFinished, at_ns: int) -> None:
+        attributes: dict[str, str | int] = {
+            "execution.outcome": _finished_outcome(finished),
+            "execution.steps_completed": finished.steps_completed,
+            **_usage_attributes(finished.usage),
+        }
+        if finished.status != pb.EXECUTION_STATUS_SUCCEEDED:
+            attributes["error.type"] = attributes["execution.outcome"]
+            attributes["execution.failed_step"] = finished.failed_step
+        self._end(attributes, at_ns)
+
+    def _end(self, attributes: dict[str, str | int], at_ns: int) -> None:
+        self._ended = True
+        outcome = str(attributes["execution.outcome"])
+        self._span.set_attributes(attributes)
+        self._span.set_status(_status(outcome))
+        self._span.end(end_time=max(self._started_ns, at_ns))
+        instruments = self._instruments
+        instruments.executions.add(1, {"execution.outcome": outcome, "tenant.id": self._tenant})
+        instruments.execution_duration.record(
+            max(0, at_ns - self._started_ns) / 1e9, {"execution.outcome": outcome}
+        )
+
+
+def _finished_outcome(finished: pb.ExecutionFinished) -> str:
+    if finished.status == pb.EXECUTION_STATUS_SUCCEEDED:
+        return SUCCEEDED
+    return pb.ErrorKind.Name(finished.error_kind)
+
+
+def _outcome_of(error: BaseException | None) -> str:
+    """The ErrorKind name of an execution that ended by `error` instead of ExecutionFinished."""
+    if isinstance(error, QuotaExceeded):
+        kind = pb.QUOTA_EXCEEDED
+    elif isinstance(error, AdmissionClosed | PoolClosed | JailError):
+        kind = pb.UNAVAILABLE
+    elif error is None or isinstance(error, asyncio.CancelledError | GeneratorExit):
+        # No error and no ExecutionFinished: the consumer stopped reading (it went away).
+        kind = pb.CANCELLED
+    else:
+        kind = pb.INTERNAL
+    return pb.ErrorKind.Name(kind)
+
+
+def _status(outcome: str) -> Status:
+    if outcome == SUCCEEDED:
+        return Status(StatusCode.OK)
+    # The kind only: the message of a failure may quote the tenant's data.
+    return Status(StatusCode.ERROR, outcome)
+
+
+def _usage_attributes(usage: pb.Usage) -> dict[str, int]:
+    return {
+        "usage.duration_us": usage.duration_us,
+        "usage.cpu_time_us": usage.cpu_time_us,
+        "usage.peak_memory_bytes": usage.peak_memory_bytes,
+    }
+
+
+def _resource(service_name: str) -> Resource:
+    """The SDK's resource with `service_name`, which OTEL_SERVICE_NAME and
+    OTEL_RESOURCE_ATTRIBUTES override (Resource.create alone would let ours win)."""
+    return Resource.create({SERVICE_NAME: service_name}).merge(OTELResourceDetector().detect())
+
+
+def _span_processors(exporter: ExporterKind, injected: SpanExporter | None) -> list[SpanProcessor]:
+    processors: list[SpanProcessor] = []
+    if exporter == "console":
+        # stderr: stdout carries the daemon's "serving on" line that scripts wait for.
+        processors.append(BatchSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    if injected is not None:
+        # Synchronous, so a test sees a span as soon as it ends.
+        processors.append(SimpleSpanProcessor(injected))
+    return processors
+
+
+def _metric_readers(exporter: ExporterKind, injected: MetricReader | None) -> list[MetricReader]:
+    readers: list[MetricReader] = []
+    if exporter == "console":
+        readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter(out=sys.stderr)))
+    elif exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if injected is not None:
+        readers.append(injected)
+    return readers
