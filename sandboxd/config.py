@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sandboxd.limits import Limits
+from sandboxd.telemetry import EXPORTERS
+from sandboxd.tenants import TenantLimits, TenantPolicy
 
 ENV_PREFIX = "SANDBOXD_"
 DEFAULT_ROOTFS = "/var/lib/sandboxd/rootfs"
@@ -33,6 +35,11 @@ class Settings:
     max_code_bytes: int = 1024 * 1024
     max_input_bytes: int = 64 * 1024 * 1024
     shutdown_grace_s: float = 30.0
+    tenant_max_concurrent: int = 16  # per tenant, on this daemon
+    tenant_max_queued: int = 100  # per tenant; beyond it QUOTA_EXCEEDED at once
+    # Per-tenant overrides, TOML: [tenants.acme] max_concurrent = 4, max_queued = 10
+    tenants: dict[str, dict[str, int]] = field(default_factory=dict)
+    telemetry_exporter: str = "none"  # none | console | otlp (OTEL_* variables honoured)
     defaults: Limits = field(default_factory=Limits)
     ceilings: Limits = field(
         default_factory=lambda: Limits(
@@ -56,10 +63,21 @@ class Settings:
             raise ConfigError("uid_base must be an unprivileged host uid (>= 1000)")
         if self.cgroups not in ("auto", "v2", "v1", "none"):
             raise ConfigError("cgroups must be auto, v2, v1 or none")
+        if self.telemetry_exporter not in EXPORTERS:
+            raise ConfigError(f"telemetry_exporter must be one of {', '.join(EXPORTERS)}")
+        try:
+            self.tenant_policy()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"tenant limits: {exc}") from None
         for item in fields(Limits):
             if getattr(self.defaults, item.name) > getattr(self.ceilings, item.name):
                 raise ConfigError(f"default limit {item.name} is above its ceiling")
         return self
+
+    def tenant_policy(self) -> TenantPolicy:
+        overrides = {tenant: TenantLimits(**limits) for tenant, limits in self.tenants.items()}
+        default = TenantLimits(self.tenant_max_concurrent, self.tenant_max_queued)
+        return TenantPolicy(default, overrides)
 
 
 def load(path: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> Settings:
@@ -107,6 +125,10 @@ def _convert(settings: Settings, key: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise TypeError("expected a table of limits")
         return Limits.from_mapping(value, base=current)
+    if isinstance(current, dict):
+        if not isinstance(value, dict):
+            raise TypeError("expected a table")
+        return value
     if isinstance(current, bool):
         if isinstance(value, bool):
             return value

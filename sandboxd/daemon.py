@@ -22,6 +22,8 @@ from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.pool import JailPool
 from sandboxd.server import SandboxService
+from sandboxd.telemetry import ExporterKind, Telemetry
+from sandboxd.tenants import Admission
 from sandboxd.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 80 * 1024 * 1024
 _SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
 _HEALTH_INTERVAL_S = 1.0
+_TELEMETRY_FLUSH_S = 5.0
 
 
 def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
@@ -62,6 +65,8 @@ class Daemon:
         self.port = 0
         self.service: SandboxService | None = None
         self.executor: Executor | None = None
+        self.admission: Admission | None = None
+        self.telemetry: Telemetry | None = None
         self._launcher: JailLauncher | None = None
         self._pool: JailPool | None = None
         self._server: grpc.aio.Server | None = None
@@ -73,6 +78,8 @@ class Daemon:
         settings = self.settings
         self._cgroups, mode = open_cgroups(settings)
         self._launcher = await JailLauncher.start(seccomp=settings.seccomp)
+        self.telemetry = Telemetry.setup(cast(ExporterKind, settings.telemetry_exporter))
+        self.admission = Admission(settings.tenant_policy(), capacity=settings.pool_max)
         self._pool = JailPool(
             self._launcher,
             rootfs=settings.rootfs,
@@ -81,9 +88,12 @@ class Daemon:
             maximum=settings.pool_max,
             uid_base=settings.uid_base,
             cgroups=self._cgroups,
+            on_started=self.telemetry.jail_started,
         )
         await self._pool.start()
-        self.executor = Executor(self._pool)
+        self.telemetry.watch_pool(self._pool)
+        self.telemetry.watch_admission(self.admission)
+        self.executor = Executor(self._pool, self.admission, self.telemetry)
         self.service = SandboxService(settings, self.executor, cgroup_mode=mode)
         self._server = self._make_server(self.service)
         self.port = self._server.add_insecure_port(settings.listen)
@@ -136,6 +146,8 @@ class Daemon:
         await self._health.enter_graceful_shutdown()
         if self.service is not None:
             self.service.draining = True
+        if self.admission is not None:
+            self.admission.close()  # queued requests get UNAVAILABLE now and can go elsewhere
         if self._server is not None:
             await self._server.stop(grace)
         if self._pool is not None:
@@ -144,6 +156,10 @@ class Daemon:
             await self._launcher.close()
         if self._cgroups is not None:
             self._cgroups.close()
+        if self.telemetry is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_TELEMETRY_FLUSH_S):
+                    await asyncio.to_thread(self.telemetry.shutdown)
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop."""

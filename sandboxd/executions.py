@@ -15,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from sandboxd.channel import Frame, ProtocolError
 from sandboxd.events import EventStamper
@@ -24,6 +24,8 @@ from sandboxd.outcomes import RECOVERABLE, StepFailure, classify_death, runner_e
 from sandboxd.pool import JailPool, PooledJail
 from sandboxd.redaction import Redactor
 from sandboxd.requests import ExecutionPlan, InvalidRequest, StepPlan
+from sandboxd.telemetry import Telemetry
+from sandboxd.tenants import Admission, QuotaExceeded
 from sandboxd.v1 import sandbox_pb2 as pb
 
 # Beyond the runner's own truncation, output is flooding the channel on purpose: stop the step.
@@ -98,12 +100,20 @@ class Execution:
         self._events = EventStamper(plan.execution_id, Redactor(plan.credentials.values()))
         self._jail: PooledJail | None = None
         self._cancelled = False
+        # The task waiting for admission or a lease, until the execution has its jail.
+        self.waiting_task: asyncio.Task[object] | None = None
 
     def cancel(self) -> None:
-        """Kill the execution's jail now; the running step then fails CANCELLED."""
+        """Kill the execution's jail now; the running step then fails CANCELLED.
+
+        Before it has a jail (queued for admission or for a lease) the waiting task is
+        cancelled instead, and the caller sees the RPC end CANCELLED.
+        """
         self._cancelled = True
         if self._jail is not None:
             self._jail.kill()
+        elif self.waiting_task is not None:
+            self.waiting_task.cancel()
 
     async def run(self) -> AsyncIterator[pb.ExecutionEvent]:
         plan = self.plan
@@ -111,6 +121,7 @@ class Execution:
         jail_limits = plan.limits.jail_limits(self._pool.limits.cpu_quota)
         async with self._pool.lease(jail_limits) as jail:
             self._jail = jail
+            self.waiting_task = None
             if self._cancelled:
                 jail.kill()
             yield self._events.make(
@@ -305,26 +316,47 @@ class ExecutionAlreadyRunning(Exception):
 
 
 class Executor:
-    """The one way executions run, for gRPC and the queue alike: registry, cancel, outcomes."""
+    """The one way executions run, for gRPC and the queue alike.
 
-    def __init__(self, pool: JailPool):
+    Admission (per-tenant quotas, fairness when saturated) comes first, then the execution on a
+    fresh jail; the registry lets Cancel find it, and every execution is observed (spans,
+    metrics) and counted by outcome.
+    """
+
+    def __init__(self, pool: JailPool, admission: Admission, telemetry: Telemetry):
         self.pool = pool
+        self.admission = admission
+        self.telemetry = telemetry
         self.running: dict[str, Execution] = {}
         self.outcomes: collections.Counter[str] = collections.Counter()
 
     async def run(
-        self, plan: ExecutionPlan, steps: AsyncIterator[StepPlan] | None = None
+        self,
+        plan: ExecutionPlan,
+        steps: AsyncIterator[StepPlan] | None = None,
+        metadata: Sequence[tuple[str, str | bytes]] = (),
     ) -> AsyncIterator[pb.ExecutionEvent]:
-        """The events of `plan` run in a fresh jail; ExecutionAlreadyRunning for a duplicate id."""
+        """The events of `plan` run in a fresh jail.
+
+        Raises ExecutionAlreadyRunning for a duplicate id, QuotaExceeded / AdmissionClosed when
+        admission refuses, CancelledError when cancelled before the execution started.
+        """
         if plan.execution_id in self.running:
             raise ExecutionAlreadyRunning(f"execution {plan.execution_id} is already running")
         execution = Execution(plan, self.pool, steps)
+        execution.waiting_task = asyncio.current_task()
         self.running[plan.execution_id] = execution
         try:
-            async for event in execution.run():
-                if event.HasField("execution_finished"):
-                    self.outcomes[outcome_name(event.execution_finished)] += 1
-                yield event
+            with self.telemetry.observe(plan, metadata) as observer:
+                async with self.admission.admit(plan.tenant_id):
+                    async for event in execution.run():
+                        observer.event(event)
+                        if event.HasField("execution_finished"):
+                            self.outcomes[outcome_name(event.execution_finished)] += 1
+                        yield event
+        except QuotaExceeded:
+            self.outcomes["QUOTA_EXCEEDED"] += 1
+            raise
         finally:
             del self.running[plan.execution_id]
 
@@ -333,10 +365,6 @@ class Executor:
         if execution is not None:
             execution.cancel()
         return execution is not None
-
-    async def cancel_all(self) -> None:
-        for execution in list(self.running.values()):
-            execution.cancel()
 
 
 def outcome_name(finished: pb.ExecutionFinished) -> str:

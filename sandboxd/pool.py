@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 from sandboxd.channel import ProtocolError, RunnerChannel
@@ -90,6 +90,7 @@ class JailPool:
         maximum: int,
         uid_base: int,
         cgroups: CgroupDriver | None,
+        on_started: Callable[[float], None] | None = None,
     ):
         self._launcher = launcher
         self._rootfs = rootfs
@@ -98,6 +99,7 @@ class JailPool:
         self.maximum = maximum
         self._uids = UidAllocator(uid_base, maximum)
         self._cgroups = cgroups
+        self._on_started = on_started
         self._warm: collections.deque[PooledJail] = collections.deque()
         self._changed = asyncio.Condition()
         self._starting = 0
@@ -235,8 +237,11 @@ class JailPool:
             return
         finally:
             self._starting -= 1
+        elapsed = time.monotonic() - began
         self.stats.started += 1
-        self.stats.start_times_s.append(time.monotonic() - began)
+        self.stats.start_times_s.append(elapsed)
+        if self._on_started is not None:
+            self._on_started(elapsed)
         if self._closed:
             await self.destroy(jail)
             return

@@ -7,10 +7,13 @@ import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
-from sandboxd.config import Settings
 from sandboxd.limits import LimitError, Limits, step_override
 from sandboxd.v1 import sandbox_pb2 as pb
+
+if TYPE_CHECKING:  # config imports this module's neighbours; only the type is needed here
+    from sandboxd.config import Settings
 
 STEP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
 TENANT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
@@ -193,7 +196,7 @@ class ChunkedInput:
     def add(self, data: bytes) -> None:
         self._size += len(data)
         if self._size > self._max_bytes:
-            raise InvalidRequest(f"input of more than {self._max_bytes} bytes is over the limit")
+            raise InvalidRequest(f"input is over the limit of {self._max_bytes} bytes")
         self._parts.append(data)
 
     def value(self) -> bytes:
@@ -202,7 +205,7 @@ class ChunkedInput:
 
 def _checked_input(raw: bytes, max_bytes: int) -> bytes:
     if len(raw) > max_bytes:
-        raise InvalidRequest(f"input of {len(raw)} bytes is over the limit of {max_bytes}")
+        raise InvalidRequest(f"input of {len(raw)} bytes is over the limit of {max_bytes} bytes")
     if not raw:
         return b"null"
     try:

@@ -22,10 +22,12 @@ from sandboxd.requests import (
     plan_session,
     plan_session_step,
 )
+from sandboxd.tenants import AdmissionClosed, QuotaExceeded
 from sandboxd.v1 import sandbox_pb2 as pb
 from sandboxd.v1 import sandbox_pb2_grpc as pb_grpc
 
 ERROR_KIND_KEY = "sandboxd-error-kind"
+RETRY_AFTER_KEY = "sandboxd-retry-after-ms"
 
 
 async def abort(
@@ -91,8 +93,18 @@ class SandboxService(pb_grpc.SandboxServicer):
             )
             return
         try:
-            async for event in self._executor.run(planned, steps):
+            async for event in self._executor.run(planned, steps, _metadata(context)):
                 yield event
+        except QuotaExceeded as exc:
+            context.set_trailing_metadata(
+                (
+                    (ERROR_KIND_KEY, pb.ErrorKind.Name(pb.QUOTA_EXCEEDED)),
+                    (RETRY_AFTER_KEY, str(round(exc.retry_after_s * 1000))),
+                )
+            )
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+        except AdmissionClosed as exc:
+            await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, str(exc))
         except ExecutionAlreadyRunning as exc:
             await abort(context, grpc.StatusCode.ALREADY_EXISTS, pb.INVALID_REQUEST, str(exc))
         except PoolClosed as exc:
@@ -129,7 +141,11 @@ class SandboxService(pb_grpc.SandboxServicer):
                 start_ms_p99=_percentile(starts, 0.99) * 1000,
             ),
             executions_by_outcome=dict(self._executor.outcomes),
-            running=len(self._executor.running),
+            running=self._executor.admission.running,
+            tenants={
+                tenant: pb.TenantLoad(running=load.running, queued=load.queued)
+                for tenant, load in self._executor.admission.snapshot().items()
+            },
             cgroup_mode=self._cgroup_mode,
             seccomp=self._settings.seccomp,
             uptime_s=time.monotonic() - self._started_at,
@@ -138,6 +154,10 @@ class SandboxService(pb_grpc.SandboxServicer):
             memory_available_bytes=memory.available,
             daemon_rss_bytes=psutil.Process().memory_info().rss,
         )
+
+
+def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple(context.invocation_metadata() or ())
 
 
 async def _planned(

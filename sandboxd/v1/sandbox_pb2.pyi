@@ -385,7 +385,7 @@ class PoolStatus(_message.Message):
     def __init__(self, warm: _Optional[int] = ..., leased: _Optional[int] = ..., starting: _Optional[int] = ..., failed: _Optional[int] = ..., target: _Optional[int] = ..., started: _Optional[int] = ..., start_ms_p50: _Optional[float] = ..., start_ms_p99: _Optional[float] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes")
+    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes", "tenants")
     class ExecutionsByOutcomeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -393,6 +393,13 @@ class Status(_message.Message):
         key: str
         value: int
         def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    class TenantsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: TenantLoad
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[TenantLoad, _Mapping]] = ...) -> None: ...
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SERVING_FIELD_NUMBER: _ClassVar[int]
     POOL_FIELD_NUMBER: _ClassVar[int]
@@ -405,6 +412,7 @@ class Status(_message.Message):
     CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DAEMON_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
     version: str
     serving: bool
     pool: PoolStatus
@@ -417,4 +425,13 @@ class Status(_message.Message):
     cpu_percent: float
     memory_available_bytes: int
     daemon_rss_bytes: int
-    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ...) -> None: ...
+    tenants: _containers.MessageMap[str, TenantLoad]
+    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ..., tenants: _Optional[_Mapping[str, TenantLoad]] = ...) -> None: ...
+
+class TenantLoad(_message.Message):
+    __slots__ = ("running", "queued")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    running: int
+    queued: int
+    def __init__(self, running: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...

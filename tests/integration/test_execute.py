@@ -220,7 +220,7 @@ async def test_oversized_input_is_invalid_and_daemon_keeps_serving(client: Sandb
             tenant_id="acme", steps=[Step("a", "module.exports = () => 1")], input_json=big
         )
     assert caught.value.kind is ErrorKind.INVALID_REQUEST
-    assert "over the limit of 67108864" in caught.value.message
+    assert "over the limit of 67108864 bytes" in caught.value.message
     assert await client.run(tenant_id="acme", steps=[Step("a", "module.exports = () => 1")]) == 1
 
 
