@@ -48,31 +48,54 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sandboxd", description=__doc__)
-    parser.add_argument("--config", help="a TOML settings file")
-    parser.add_argument("--rootfs", help="the jail image (default /var/lib/sandboxd/rootfs)")
-    parser.add_argument("--cgroups", choices=("auto", "v2", "v1", "none"))
-    parser.add_argument("--no-seccomp", action="store_true", help="run jails without seccomp")
-    parser.add_argument("-v", "--verbose", action="store_true")
+    _add_common(parser, None)
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    # The common options are accepted after the command too (`sandboxd serve --config F`).
+    common = argparse.ArgumentParser(add_help=False)
+    _add_common(common, argparse.SUPPRESS)
 
-    serve = commands.add_parser("serve", help="run the daemon")
+    serve = commands.add_parser("serve", parents=[common], help="run the daemon")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--pool-size", type=int, help="warm jails kept ready")
     serve.set_defaults(handler=_serve)
 
-    run = commands.add_parser("run", help="run one step in a fresh jail, without a server")
+    run = commands.add_parser(
+        "run", parents=[common], help="run one step in a fresh jail, without a server"
+    )
     run.add_argument("file", type=Path, help="the step's JavaScript")
     run.add_argument("--input", default="null", help="JSON, or @FILE to read it from a file")
-    run.add_argument("--timeout-ms", type=int, default=0)
+    run.add_argument("--timeout-ms", type=int, help="the step's wall-clock limit")
     run.set_defaults(handler=_run)
 
-    demo = commands.add_parser("demo", help="run the sample 6-step integration end to end")
+    demo = commands.add_parser(
+        "demo", parents=[common], help="run the sample 6-step integration end to end"
+    )
     demo.set_defaults(handler=_demo)
 
-    status = commands.add_parser("status", help="print a daemon's status")
+    status = commands.add_parser("status", parents=[common], help="print a daemon's status")
     status.add_argument("--target", default="127.0.0.1:50051")
     status.set_defaults(handler=_status)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
+    parser.add_argument("--config", default=default, help="a TOML settings file")
+    parser.add_argument(
+        "--rootfs", default=default, help="the jail image (default /var/lib/sandboxd/rootfs)"
+    )
+    parser.add_argument("--cgroups", default=default, choices=("auto", "v2", "v1", "none"))
+    parser.add_argument(
+        "--no-seccomp",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="run jails without seccomp",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+    )
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
@@ -93,12 +116,13 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         step_name = f"step_{step_name}"
 
     async def run_step(target: str) -> int:
-        from sandbox_client import SandboxClient, Step, format_event
+        from sandbox_client import Limits, SandboxClient, Step, format_event
 
         result: object = None
+        limits = Limits(timeout_ms=args.timeout_ms) if args.timeout_ms else None
         async with SandboxClient(target) as client:
             events = client.execute(
-                tenant_id="cli", steps=[Step(step_name, code)], input=input_value
+                tenant_id="cli", steps=[Step(step_name, code, limits)], input=input_value
             )
             async for event in events:
                 print(format_event(event), flush=True)

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import time
 from typing import cast
 
 import grpc
@@ -32,6 +33,7 @@ MAX_MESSAGE_BYTES = 80 * 1024 * 1024
 _SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
 _HEALTH_INTERVAL_S = 1.0
 _TELEMETRY_FLUSH_S = 5.0
+_FINAL_EVENTS_S = 2.0  # for cancelled executions to send their last events
 
 
 def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
@@ -137,7 +139,11 @@ class Daemon:
             await asyncio.sleep(_HEALTH_INTERVAL_S)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: refuse new work, let running executions finish within the grace, then stop."""
+        """Drain: refuse new work, let running executions finish within the grace, then stop.
+
+        Executions still running when the grace is over are cancelled while their streams are
+        still open, so their callers receive StepFailed/ExecutionFinished CANCELLED.
+        """
         grace = self.settings.shutdown_grace_s if grace is None else grace
         if self._health_task is not None:
             self._health_task.cancel()
@@ -148,8 +154,10 @@ class Daemon:
             self.service.draining = True
         if self.admission is not None:
             self.admission.close()  # queued requests get UNAVAILABLE now and can go elsewhere
+        if self.executor is not None:
+            await self._drain(self.executor, grace)
         if self._server is not None:
-            await self._server.stop(grace)
+            await self._server.stop(_FINAL_EVENTS_S)
         if self._pool is not None:
             await self._pool.close()
         if self._launcher is not None:
@@ -160,6 +168,15 @@ class Daemon:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(_TELEMETRY_FLUSH_S):
                     await asyncio.to_thread(self.telemetry.shutdown)
+
+    @staticmethod
+    async def _drain(executor: Executor, grace: float) -> None:
+        deadline = time.monotonic() + grace
+        while executor.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if executor.running:
+            log.warning("grace over: cancelling %d executions", len(executor.running))
+            executor.cancel_all()
 
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop."""

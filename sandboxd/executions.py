@@ -21,11 +21,11 @@ from sandboxd.channel import Frame, ProtocolError
 from sandboxd.events import EventStamper
 from sandboxd.jail.errors import JailError
 from sandboxd.outcomes import RECOVERABLE, StepFailure, classify_death, runner_error
-from sandboxd.pool import JailPool, PooledJail
+from sandboxd.pool import JailPool, PoolClosed, PooledJail
 from sandboxd.redaction import Redactor
 from sandboxd.requests import ExecutionPlan, InvalidRequest, StepPlan
 from sandboxd.telemetry import Telemetry
-from sandboxd.tenants import Admission, QuotaExceeded
+from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded
 from sandboxd.v1 import sandbox_pb2 as pb
 
 # Beyond the runner's own truncation, output is flooding the channel on purpose: stop the step.
@@ -346,18 +346,23 @@ class Executor:
         execution = Execution(plan, self.pool, steps)
         execution.waiting_task = asyncio.current_task()
         self.running[plan.execution_id] = execution
+        outcome = "CANCELLED"  # unless it finishes: the caller went away or cancelled it
         try:
             with self.telemetry.observe(plan, metadata) as observer:
                 async with self.admission.admit(plan.tenant_id):
                     async for event in execution.run():
                         observer.event(event)
                         if event.HasField("execution_finished"):
-                            self.outcomes[outcome_name(event.execution_finished)] += 1
+                            outcome = outcome_name(event.execution_finished)
                         yield event
         except QuotaExceeded:
-            self.outcomes["QUOTA_EXCEEDED"] += 1
+            outcome = "QUOTA_EXCEEDED"
+            raise
+        except (AdmissionClosed, PoolClosed, JailError):
+            outcome = "UNAVAILABLE"
             raise
         finally:
+            self.outcomes[outcome] += 1
             del self.running[plan.execution_id]
 
     def cancel(self, execution_id: str) -> bool:
@@ -365,6 +370,10 @@ class Executor:
         if execution is not None:
             execution.cancel()
         return execution is not None
+
+    def cancel_all(self) -> None:
+        for execution in list(self.running.values()):
+            execution.cancel()
 
 
 def outcome_name(finished: pb.ExecutionFinished) -> str:

@@ -12,10 +12,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+
+import psutil
 
 from sandboxd.channel import ProtocolError, RunnerChannel
 from sandboxd.jail.cgroups import CgroupDriver, CgroupLimits, JailCgroup
@@ -26,6 +30,8 @@ from sandboxd.jail.spec import JailLimits, JailSpec
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
+_DEMAND_WINDOW_S = 10.0
+_IDLE_JAIL_BYTES = 64 * 1024 * 1024
 _START_SAMPLES = 1000
 
 
@@ -107,6 +113,11 @@ class JailPool:
         self._waiting = 0
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._arrivals: collections.deque[float] = collections.deque()
+        # Idle warm jails cost memory (~40 MB of Node each) and starting them costs cpu.
+        self._warm_ceiling = min(maximum, _host_warm_ceiling())
+        # While executions run, jails start one at a time so refills do not starve them.
+        self._start_gate = asyncio.Semaphore(1)
         self.stats = PoolStats()
 
     # -- figures ---------------------------------------------------------------------------
@@ -169,6 +180,7 @@ class JailPool:
         the V8 heap sized from the memory limit) cannot be changed on a warm jail, so other
         limits get a jail started for this execution alone: it costs one jail start.
         """
+        self._arrivals.append(time.monotonic())
         if limits is None or limits == self._limits:
             jail = await self._take()
         else:
@@ -217,7 +229,7 @@ class JailPool:
         """Start jails until warm + starting covers the target and the waiters."""
         if self._closed:
             return
-        wanted = max(self.size, self._waiting + (self.size and 1))
+        wanted = max(self.target, self._waiting + (self.size and 1))
         alive = len(self._warm) + self._starting + self._leased
         missing = min(wanted - len(self._warm) - self._starting, self.maximum - alive)
         for _ in range(max(0, missing)):
@@ -226,10 +238,29 @@ class JailPool:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    @property
+    def target(self) -> int:
+        """Warm jails wanted now: enough for the leases expected while one jail starts.
+
+        Arrival rate (leases per second, recent window) times the median start time, doubled
+        for bursts; never below the configured size, never above what the host can hold.
+        """
+        now = time.monotonic()
+        while self._arrivals and self._arrivals[0] < now - _DEMAND_WINDOW_S:
+            self._arrivals.popleft()
+        rate = len(self._arrivals) / _DEMAND_WINDOW_S
+        starts = sorted(self.stats.start_times_s)
+        start_s = starts[len(starts) // 2] if starts else 0.1
+        return max(self.size, min(math.ceil(rate * start_s * 2), self._warm_ceiling))
+
     async def _start_one(self) -> None:
         began = time.monotonic()
         try:
-            jail = await self._spawn(self._limits)
+            if self._leased:
+                async with self._start_gate:
+                    jail = await self._spawn(self._limits)
+            else:
+                jail = await self._spawn(self._limits)
         except (JailError, ProtocolError, OSError, TimeoutError) as exc:
             self.stats.failed += 1
             log.error("jail failed to start: %s", exc)
@@ -308,6 +339,13 @@ class JailPool:
         if pooled.cgroup is not None:
             await asyncio.to_thread(pooled.cgroup.remove)
         self._uids.give_back(pooled.uid)
+
+
+def _host_warm_ceiling() -> int:
+    """How many idle jails this host holds comfortably: by cores, and by a quarter of memory."""
+    by_cpu = 8 * (os.cpu_count() or 1)
+    by_memory = psutil.virtual_memory().available // 4 // _IDLE_JAIL_BYTES
+    return max(1, min(by_cpu, int(by_memory)))
 
 
 def _cgroup_limits(limits: JailLimits) -> CgroupLimits:

@@ -84,7 +84,7 @@ class SandboxService(pb_grpc.SandboxServicer):
         try:
             planned, steps = await plan()
         except InvalidRequest as exc:
-            self._executor.outcomes["INVALID_REQUEST"] += 1
+            self._executor.outcomes["INVALID_REQUEST"] += 1  # never reaches the executor
             await abort(context, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST, str(exc))
             return
         if self.draining:
@@ -135,7 +135,7 @@ class SandboxService(pb_grpc.SandboxServicer):
                 leased=pool.leased,
                 starting=pool.starting,
                 failed=pool.stats.failed,
-                target=pool.size,
+                target=pool.target,
                 started=pool.stats.started,
                 start_ms_p50=_percentile(starts, 0.50) * 1000,
                 start_ms_p99=_percentile(starts, 0.99) * 1000,

@@ -35,7 +35,7 @@ RUNNER_ENV = (
 class JailLimits:
     """Kernel limits of one jail."""
 
-    memory_bytes: int = 256 * MiB
+    memory_bytes: int = 1024 * MiB
     pids: int = 64
     cpu_quota: float = 1.0  # cores
     cpu_time_s: int = 60  # RLIMIT_CPU, of the whole jail's life
