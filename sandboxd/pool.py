@@ -16,7 +16,7 @@ import math
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 
 import psutil
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
 _DEMAND_WINDOW_S = 10.0
+_MAINTAIN_INTERVAL_S = 0.5
 _IDLE_JAIL_BYTES = 64 * 1024 * 1024
 _START_SAMPLES = 1000
 
@@ -144,11 +145,25 @@ class JailPool:
     async def start(self, wait: bool = True) -> None:
         """Start filling; with `wait`, return once the first jail is warm (or raise why not)."""
         self._refill()
+        self._spawn_task(self._maintain())
         if wait and self.size:
             async with self._changed:
                 await self._changed.wait_for(lambda: bool(self._warm) or self._failing())
             if not self._warm:
                 raise JailError("the pool could not start a jail; see the daemon log")
+
+    async def _maintain(self) -> None:
+        """Follow demand as it falls too: retire a surplus warm jail a tick, refill the rest."""
+        while not self._closed:
+            await asyncio.sleep(_MAINTAIN_INTERVAL_S)
+            if len(self._warm) > self.target and not self._waiting:
+                await self.destroy(self._warm.popleft())
+            self._refill()
+
+    def _spawn_task(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _failing(self) -> bool:
         return self.stats.failed > 0 and self.stats.started == 0
@@ -234,9 +249,7 @@ class JailPool:
         missing = min(wanted - len(self._warm) - self._starting, self.maximum - alive)
         for _ in range(max(0, missing)):
             self._starting += 1
-            task = asyncio.create_task(self._start_one())
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn_task(self._start_one())
 
     @property
     def target(self) -> int:
@@ -254,12 +267,10 @@ class JailPool:
         return max(self.size, min(math.ceil(rate * start_s * 2), self._warm_ceiling))
 
     async def _start_one(self) -> None:
-        began = time.monotonic()
+        gate = self._start_gate if self._leased else contextlib.nullcontext()
         try:
-            if self._leased:
-                async with self._start_gate:
-                    jail = await self._spawn(self._limits)
-            else:
+            async with gate:
+                began = time.monotonic()  # the start itself, not the wait for the gate
                 jail = await self._spawn(self._limits)
         except (JailError, ProtocolError, OSError, TimeoutError) as exc:
             self.stats.failed += 1
@@ -324,9 +335,7 @@ class JailPool:
             self._warm.remove(jail)
             self.stats.failed += 1
             log.warning("warm jail %s died while idle; replacing it", jail.jail_id)
-            task = asyncio.create_task(self.destroy(jail))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn_task(self.destroy(jail))
             self._refill()
 
     async def destroy(self, pooled: PooledJail) -> None:
