@@ -24,7 +24,6 @@ from typing import Any, NamedTuple, TextIO
 from xml.sax.saxutils import escape, quoteattr
 
 from sandbox_client import SandboxClient, SandboxError, Step, format_event, result_of
-
 from sandboxd.v1 import sandbox_pb2
 
 TENANT_ID = "demo"

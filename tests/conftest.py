@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import psutil
 import pytest
+
 from sandbox_client import SandboxClient
 
 ROOTFS = os.environ.get("SANDBOXD_ROOTFS", "/var/lib/sandboxd/rootfs")

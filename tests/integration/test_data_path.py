@@ -9,8 +9,8 @@ import json
 import urllib.parse
 
 import pytest
-from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 
+from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandboxd.v1 import sandbox_pb2 as pb
 
 MiB = 1024 * 1024

@@ -14,8 +14,8 @@ import grpc
 import psutil
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 
+from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandboxd.v1 import sandbox_pb2 as pb
 from tests.conftest import DaemonProcess, start_daemon
 
