@@ -61,35 +61,48 @@ def daemon_with(config: Path, text: str, pool_size: int = 2) -> DaemonProcess:
     return start_daemon("--config", str(config), pool_size=pool_size)
 
 
+async def wait_for_load(client: SandboxClient, tenant: str, running: int, queued: int) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        load = (await client.status()).tenants.get(tenant)
+        if load is not None and (load.running, load.queued) == (running, queued):
+            return
+        await asyncio.sleep(0.05)
+    pytest.fail(f"tenant {tenant} never reached running={running} queued={queued}")
+
+
 async def test_quota_exceeded_at_once_with_a_retry_hint(config_file: Path) -> None:
     daemon = daemon_with(config_file, "tenant_max_concurrent = 1\ntenant_max_queued = 1\n")
     try:
         async with SandboxClient(daemon.target) as client:
-            slow = [Step("sleep", SLEEP)]
+            hang = [Step("hang", "module.exports = () => new Promise(() => {})")]
+            quick = [Step("sleep", SLEEP)]
             running = asyncio.create_task(
-                client.run(tenant_id="acme", steps=slow, input={"ms": 1500, "tag": "a"})
+                client.run(tenant_id="acme", steps=hang, execution_id="quota-a")
             )
-            await asyncio.sleep(0.3)
+            await wait_for_load(client, "acme", running=1, queued=0)
             queued = asyncio.create_task(
-                client.run(tenant_id="acme", steps=slow, input={"ms": 10, "tag": "b"})
+                client.run(tenant_id="acme", steps=quick, input={"ms": 10, "tag": "b"})
             )
-            await asyncio.sleep(0.3)
+            await wait_for_load(client, "acme", running=1, queued=1)
             with pytest.raises(SandboxError) as caught:
-                await client.run(tenant_id="acme", steps=slow, input={"ms": 10, "tag": "c"})
+                await client.run(tenant_id="acme", steps=quick, input={"ms": 10, "tag": "c"})
             assert caught.value.kind is ErrorKind.QUOTA_EXCEEDED
             assert (
                 "tenant 'acme' has 1 executions running (limit 1) and 1 queued (limit 1)"
                 in caught.value.message
             )
-            assert caught.value.retry_after is not None and 0.1 <= caught.value.retry_after <= 60
-            status = await client.status()
-            assert (status.tenants["acme"].running, status.tenants["acme"].queued) == (1, 1)
+            assert caught.value.retry_after is not None
+            assert 0.1 <= caught.value.retry_after <= 60
             # Another tenant is not held back by acme's quota.
             assert (
-                await client.run(tenant_id="globex", steps=slow, input={"ms": 10, "tag": "g"})
+                await client.run(tenant_id="globex", steps=quick, input={"ms": 1, "tag": "g"})
                 == "g"
             )
-            assert await running == "a"
+            assert await client.cancel("quota-a") is True
+            with pytest.raises(SandboxError) as cancelled:
+                await running
+            assert cancelled.value.kind is ErrorKind.CANCELLED
             assert await queued == "b"
     finally:
         assert daemon.stop() == 0
@@ -176,38 +189,44 @@ def health_of(target: str) -> int:
         return int(reply.status)
 
 
+async def wait_for_health(target: str, status: int) -> None:
+    deadline = time.monotonic() + 10
+    while health_of(target) != status:
+        assert time.monotonic() < deadline, f"health never became {status}"
+        await asyncio.sleep(0.05)
+
+
 async def test_sigterm_drains_in_flight_work_then_exits_zero(config_file: Path) -> None:
-    daemon = daemon_with(config_file, "shutdown_grace_s = 2.0\n")
+    daemon = daemon_with(config_file, "shutdown_grace_s = 3.0\n")
     assert health_of(daemon.target) == health_pb2.HealthCheckResponse.SERVING
     marker = f"drain-{uuid.uuid4().hex}"
+    short_events: list[pb.ExecutionEvent] = []
+    long_events: list[pb.ExecutionEvent] = []
+
+    async def collect(events: list[pb.ExecutionEvent], step: Step) -> None:
+        steps, limits = [step], Limits(timeout_ms=60_000)
+        async for event in client.execute(
+            tenant_id="acme", steps=steps, input={"ms": 1000, "tag": "done"}, limits=limits
+        ):
+            events.append(event)
+
     async with SandboxClient(daemon.target) as client:
-        short = asyncio.create_task(
-            client.run(
-                tenant_id="acme", steps=[Step("s", SLEEP)], input={"ms": 1000, "tag": "done"}
-            )
-        )
-        long_events: list[pb.ExecutionEvent] = []
-
-        async def long() -> None:
-            steps = [Step("hang", marked_sleeper(marker))]
-            async for event in client.execute(
-                tenant_id="acme", steps=steps, limits=Limits(timeout_ms=60_000)
-            ):
-                long_events.append(event)
-
-        long_task = asyncio.create_task(long())
-        while not any(e.HasField("log") for e in long_events):
+        short = asyncio.create_task(collect(short_events, Step("s", SLEEP)))
+        long = asyncio.create_task(collect(long_events, Step("hang", marked_sleeper(marker))))
+        while not (
+            any(e.HasField("log") for e in long_events)
+            and any(e.HasField("step_started") for e in short_events)
+        ):
             await asyncio.sleep(0.02)
         daemon.process.send_signal(signal.SIGTERM)
-        await asyncio.sleep(0.3)
-        assert health_of(daemon.target) == health_pb2.HealthCheckResponse.NOT_SERVING
+        await wait_for_health(daemon.target, health_pb2.HealthCheckResponse.NOT_SERVING)
         with pytest.raises(SandboxError) as refused:
             await client.run(
                 tenant_id="acme", steps=[Step("s", SLEEP)], input={"ms": 1, "tag": "x"}
             )
         assert refused.value.kind is ErrorKind.UNAVAILABLE
-        assert await short == "done"
-        await long_task
+        await asyncio.gather(short, long)
+    assert short_events[-1].execution_finished.status == pb.EXECUTION_STATUS_SUCCEEDED
     assert long_events[-1].execution_finished.error_kind == pb.CANCELLED
     assert daemon.process.wait(timeout=30) == 0
     assert await wait_until_gone(marker) == []
