@@ -15,7 +15,6 @@ means the runner is running.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import resource
 import signal
@@ -43,6 +42,7 @@ from sandboxd.jail.syscalls import (
 
 NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
 SETUP_FAILED_EXIT = 126
+_MAX_FD = 1 << 20  # above any RLIMIT_NOFILE the fork server runs with
 
 # The descriptors the runner finds open; see docs/channel.md.
 STDIN, STDOUT, STDERR, WORK_FD, EVENTS_FD = 0, 1, 2, 3, 4
@@ -115,10 +115,7 @@ def _forget_fork_server(fds: ChildFds) -> None:
     # A write past RLIMIT_FSIZE then fails with EFBIG inside the jail instead of killing the
     # runner; the disposition survives exec because it is "ignore", not a handler.
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-    keep = {fds.to_server, fds.from_server, fds.errors, fds.work, fds.events, fds.output}
-    for fd in _open_fds():
-        if fd > STDERR and fd not in keep:
-            _close_listed(fd)
+    _close_all_but({STDIN, STDOUT, STDERR, *_fds_of(fds)})
 
 
 def _join_cgroup(procs_files: tuple[str, ...]) -> None:
@@ -170,22 +167,24 @@ def _install_descriptors(fds: ChildFds) -> None:
         ):
             os.dup2(source, target)
         # The error pipe stays (it is O_CLOEXEC and closes at exec), everything else goes.
-        for fd in _open_fds():
-            if fd > EVENTS_FD and fd != fds.errors:
-                _close_listed(fd)
+        _close_all_but({STDIN, STDOUT, STDERR, WORK_FD, EVENTS_FD, fds.errors})
     except OSError as exc:
         raise SetupError(f"install descriptors: {exc}") from None
 
 
-def _open_fds() -> list[int]:
-    # Listed before closing: closing while iterating /proc/self/fd would race the listing.
-    return [int(name) for name in os.listdir("/proc/self/fd")]
+def _fds_of(fds: ChildFds) -> set[int]:
+    return {fds.to_server, fds.from_server, fds.errors, fds.work, fds.events, fds.output}
 
 
-def _close_listed(fd: int) -> None:
-    # OSError: the descriptor that listed /proc/self/fd, closed by the time we get here.
-    with contextlib.suppress(OSError):
-        os.close(fd)
+def _close_all_but(keep: set[int]) -> None:
+    """Close every descriptor not in `keep`: close_range(2) over the gaps, no /proc walk."""
+    low = 0
+    for fd in sorted(keep):
+        # Never an empty range: os.closerange(n, n) asks close_range(2) for n..UINT_MAX.
+        if low < fd:
+            os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, _MAX_FD)
 
 
 def _drop_privileges() -> None:
