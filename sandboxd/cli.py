@@ -35,6 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listen=getattr(args, "listen", None),
             rootfs=args.rootfs,
             pool_size=getattr(args, "pool_size", None),
+            redis_url=getattr(args, "redis", None),
             cgroups=args.cgroups,
             seccomp=False if args.no_seccomp else None,
         )
@@ -57,7 +58,18 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", parents=[common], help="run the daemon")
     serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
     serve.add_argument("--pool-size", type=int, help="warm jails kept ready")
+    serve.add_argument("--redis", help="redis://HOST:PORT/DB: also run executions queued there")
     serve.set_defaults(handler=_serve)
+
+    worker = commands.add_parser(
+        "worker",
+        parents=[common],
+        help="serve the Redis queue (and gRPC, by default on a free port)",
+    )
+    worker.add_argument("--redis", required=True, help="redis://HOST:PORT/DB")
+    worker.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for gRPC")
+    worker.add_argument("--pool-size", type=int, help="warm jails kept ready")
+    worker.set_defaults(handler=_serve)
 
     run = commands.add_parser(
         "run", parents=[common], help="run one step in a fresh jail, without a server"

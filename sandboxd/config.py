@@ -40,6 +40,12 @@ class Settings:
     # Per-tenant overrides, TOML: [tenants.acme] max_concurrent = 4, max_queued = 10
     tenants: dict[str, dict[str, int]] = field(default_factory=dict)
     telemetry_exporter: str = "none"  # none | console | otlp (OTEL_* variables honoured)
+    redis_url: str = ""  # set: also run executions queued in Redis (distributed mode)
+    worker_id: str = ""  # empty: host name and pid
+    queue_visibility_timeout_s: float = 30.0  # a dead worker's entry is re-run after this
+    queue_max_attempts: int = 3  # then the execution goes to the dead-letter stream
+    queue_retention_s: float = 86_400.0  # events and results stay readable this long
+    queue_retry_backoff_s: float = 1.0  # first retry delay of CRASHED / UNAVAILABLE, doubling
     defaults: Limits = field(default_factory=Limits)
     ceilings: Limits = field(
         default_factory=lambda: Limits(

@@ -22,6 +22,7 @@ from sandboxd.executions import Executor
 from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.pool import JailPool
+from sandboxd.queue.worker import QueueOptions, QueueWorker, default_worker_id
 from sandboxd.server import SandboxService
 from sandboxd.telemetry import ExporterKind, Telemetry
 from sandboxd.tenants import Admission
@@ -68,6 +69,7 @@ class Daemon:
         self.service: SandboxService | None = None
         self.executor: Executor | None = None
         self.admission: Admission | None = None
+        self.queue: QueueWorker | None = None
         self.telemetry: Telemetry | None = None
         self._launcher: JailLauncher | None = None
         self._pool: JailPool | None = None
@@ -96,7 +98,21 @@ class Daemon:
         self.telemetry.watch_pool(self._pool)
         self.telemetry.watch_admission(self.admission)
         self.executor = Executor(self._pool, self.admission, self.telemetry)
-        self.service = SandboxService(settings, self.executor, cgroup_mode=mode)
+        if settings.redis_url:
+            self.queue = QueueWorker(
+                settings.redis_url,
+                self.executor,
+                settings,
+                settings.worker_id or default_worker_id(),
+                QueueOptions(
+                    visibility_timeout_s=settings.queue_visibility_timeout_s,
+                    max_attempts=settings.queue_max_attempts,
+                    retention_s=settings.queue_retention_s,
+                    retry_backoff_s=settings.queue_retry_backoff_s,
+                ),
+            )
+            await self.queue.start()
+        self.service = SandboxService(settings, self.executor, cgroup_mode=mode, queue=self.queue)
         self._server = self._make_server(self.service)
         self.port = self._server.add_insecure_port(settings.listen)
         if not self.port:
@@ -128,7 +144,7 @@ class Daemon:
         """SERVING only while the pool can hand out jails and the daemon is not draining."""
         while True:
             assert self.service is not None
-            serving = self.service.status().serving
+            serving = self.service.status().serving and (self.queue is None or self.queue.connected)
             status = (
                 health_pb2.HealthCheckResponse.SERVING
                 if serving
@@ -145,6 +161,8 @@ class Daemon:
         still open, so their callers receive StepFailed/ExecutionFinished CANCELLED.
         """
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        if self.queue is not None:
+            await self.queue.stop(grace)  # takes nothing more; hands back what it cannot finish
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

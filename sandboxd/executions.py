@@ -15,7 +15,7 @@ import asyncio
 import collections
 import contextlib
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from sandboxd.channel import Frame, ProtocolError
 from sandboxd.events import EventStamper
@@ -335,7 +335,7 @@ class Executor:
         plan: ExecutionPlan,
         steps: AsyncIterator[StepPlan] | None = None,
         metadata: Sequence[tuple[str, str | bytes]] = (),
-    ) -> AsyncIterator[pb.ExecutionEvent]:
+    ) -> AsyncGenerator[pb.ExecutionEvent, None]:
         """The events of `plan` run in a fresh jail.
 
         Raises ExecutionAlreadyRunning for a duplicate id, QuotaExceeded / AdmissionClosed when

@@ -203,9 +203,13 @@ class JailPool:
         try:
             yield jail
         finally:
-            self._leased -= 1
-            await self.destroy(jail)
-            self._refill()
+            # Destroyed before it stops counting as leased: its uid and cgroup are free by the
+            # time a refill may start the next jail.
+            try:
+                await self.destroy(jail)
+            finally:
+                self._leased -= 1
+                self._refill()
 
     async def _take(self) -> PooledJail:
         async with self._changed:

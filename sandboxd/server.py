@@ -13,6 +13,7 @@ from sandboxd.config import Settings
 from sandboxd.executions import ExecutionAlreadyRunning, Executor
 from sandboxd.jail.errors import JailError
 from sandboxd.pool import PoolClosed
+from sandboxd.queue.worker import QueueWorker
 from sandboxd.requests import (
     ChunkedInput,
     ExecutionPlan,
@@ -39,10 +40,18 @@ async def abort(
 
 
 class SandboxService(pb_grpc.SandboxServicer):
-    def __init__(self, settings: Settings, executor: Executor, *, cgroup_mode: str):
+    def __init__(
+        self,
+        settings: Settings,
+        executor: Executor,
+        *,
+        cgroup_mode: str,
+        queue: QueueWorker | None = None,
+    ):
         self._settings = settings
         self._executor = executor
         self._cgroup_mode = cgroup_mode
+        self._queue = queue
         self._started_at = time.monotonic()
         self.draining = False
 
@@ -123,6 +132,9 @@ class SandboxService(pb_grpc.SandboxServicer):
     ) -> pb.Status:
         return self.status()
 
+    def _queue_status(self) -> pb.QueueStatus | None:
+        return None if self._queue is None else _queue_status_of(self._queue)
+
     def status(self) -> pb.Status:
         pool = self._executor.pool
         starts = sorted(pool.stats.start_times_s)
@@ -153,7 +165,20 @@ class SandboxService(pb_grpc.SandboxServicer):
             cpu_percent=psutil.cpu_percent(interval=None),
             memory_available_bytes=memory.available,
             daemon_rss_bytes=psutil.Process().memory_info().rss,
+            queue=self._queue_status(),
         )
+
+
+def _queue_status_of(queue: QueueWorker) -> pb.QueueStatus:
+    status = queue.status()
+    return pb.QueueStatus(
+        worker_id=status["worker_id"],
+        connected=status["connected"],
+        running=status["running"],
+        taken=status["taken"],
+        disconnects=status["disconnects"],
+        last_error=status["last_error"],
+    )
 
 
 def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes], ...]:

@@ -24,23 +24,16 @@ from datetime import datetime
 from types import TracebackType
 from typing import Any, ParamSpec, Self, TypeVar
 
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import result_of
 from sandbox_client._request import Limits, Step, execute_request
 from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
-from sandboxd.queue.store import DeadLetter, QueueDepth, QueueStore
+from sandboxd.queue.store import BLOCK_MS, REDIS_DOWN, DeadLetter, QueueDepth, QueueStore
 from sandboxd.v1 import sandbox_pb2
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
-_BLOCK_MS = 2000  # one blocking read; well under the socket timeout
-_SOCKET_TIMEOUT_S = 10.0
-_READ_COUNT = 100
 # States in which the job's last error is a real failure (while running it is a presumption).
 _RETRIED = (keys.DELAYED_STATE, keys.DEAD_STATE)
 
@@ -70,6 +63,7 @@ class QueueClient:
         retention_s: float = keys.DEFAULT_RETENTION_S,
         max_payload_bytes: int = keys.MAX_PAYLOAD_BYTES,
         reconnect_timeout_s: float = 60.0,
+        max_connections: int = 256,
     ) -> None:
         """Connect lazily to ``redis_url`` (``redis://host:port/db``).
 
@@ -78,8 +72,10 @@ class QueueClient:
             max_payload_bytes: the largest serialized request :meth:`enqueue` accepts.
             reconnect_timeout_s: how long :meth:`events` keeps retrying an unreachable Redis
                 before it raises UNAVAILABLE.
+            max_connections: Redis connections at most; each :meth:`events` or :meth:`wait`
+                in progress holds one while it blocks, and callers beyond wait for one.
         """
-        self._store = QueueStore(redis_url, _SOCKET_TIMEOUT_S)
+        self._store = QueueStore(redis_url, max_connections=max_connections)
         self._retention_ms = int(retention_s * 1000)
         self._max_payload = max_payload_bytes
         self._reconnect_timeout = reconnect_timeout_s
@@ -143,7 +139,7 @@ class QueueClient:
             await self._store.enqueue(
                 execution_id, tenant_id, request, run_at_ms, self._retention_ms
             )
-        except _REDIS_DOWN as exc:
+        except REDIS_DOWN as exc:
             raise SandboxError(
                 ErrorKind.UNAVAILABLE, f"the queue is unreachable: {exc}", execution_id=execution_id
             ) from exc
@@ -160,7 +156,7 @@ class QueueClient:
         await self._check_known(execution_id)
         while True:
             entries = await self._reconnecting(
-                execution_id, self._store.read_events, execution_id, last_id, _BLOCK_MS
+                execution_id, self._store.read_events, execution_id, last_id, BLOCK_MS
             )
             if not entries:
                 await self._check_known(execution_id)
@@ -236,7 +232,7 @@ class QueueClient:
         while True:
             try:
                 return await call(*args, **kwargs)
-            except _REDIS_DOWN as exc:
+            except REDIS_DOWN as exc:
                 if time.monotonic() > deadline:
                     raise SandboxError(
                         ErrorKind.UNAVAILABLE,

@@ -120,9 +120,14 @@ class JailLauncher:
         op = message["op"]
         if op == "spawned":
             future = self._spawning.pop(jail_id)
-            future.set_result((message["pid"], fds))
+            if future.done():  # the caller gave up waiting: nobody will own this jail
+                _abandon(fds)
+            else:
+                future.set_result((message["pid"], fds))
         elif op == "failed":
-            self._spawning.pop(jail_id).set_exception(JailStartError(message["error"]))
+            future = self._spawning.pop(jail_id)
+            if not future.done():
+                future.set_exception(JailStartError(message["error"]))
         elif op == "exited":
             exit_future = self._exits.pop(jail_id, None)
             if exit_future is not None and not exit_future.done():
@@ -145,6 +150,14 @@ class JailLauncher:
             self._fork_server_gone()
         self._sock.close()
         await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
+
+
+def _abandon(fds: list[int]) -> None:
+    """Kill a jail nobody waits for (its pidfd is the last descriptor) and close its pipes."""
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(fds[-1], signal.SIGKILL)
+    for fd in fds:
+        os.close(fd)
 
 
 def _forkserver_env() -> dict[str, str]:

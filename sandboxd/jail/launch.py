@@ -63,7 +63,8 @@ class ChildFds:
 def run_keeper(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
     """The jail's first process. Never returns."""
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)
+        fork_server = os.getppid()
+        _die_with(fork_server)
         _forget_fork_server(fds)
         # The keeper ends by re-raising the runner's fatal signal; it must not dump core then.
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -72,6 +73,7 @@ def run_keeper(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoRetur
         _tell_server(fds, b"u")
         _wait_server(fds, "id maps")
         ids.become_jail_user()
+        _die_with(fork_server)  # changing credentials cleared the parent-death signal
         init_pid = os.fork()
         if init_pid == 0:
             run_init(spec, fds, seccomp_program)
@@ -106,6 +108,13 @@ def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
         _fail(fds, f"exec {spec.argv[0]}: {exc}")
     except BaseException as exc:
         _fail(fds, f"init: {type(exc).__name__}: {exc}")
+
+
+def _die_with(parent: int) -> None:
+    """Be killed when `parent` dies, also if it died just before (we were reparented then)."""
+    prctl.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(SETUP_FAILED_EXIT)
 
 
 def _forget_fork_server(fds: ChildFds) -> None:

@@ -385,7 +385,7 @@ class PoolStatus(_message.Message):
     def __init__(self, warm: _Optional[int] = ..., leased: _Optional[int] = ..., starting: _Optional[int] = ..., failed: _Optional[int] = ..., target: _Optional[int] = ..., started: _Optional[int] = ..., start_ms_p50: _Optional[float] = ..., start_ms_p99: _Optional[float] = ...) -> None: ...
 
 class Status(_message.Message):
-    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes", "tenants")
+    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes", "tenants", "queue")
     class ExecutionsByOutcomeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -413,6 +413,7 @@ class Status(_message.Message):
     MEMORY_AVAILABLE_BYTES_FIELD_NUMBER: _ClassVar[int]
     DAEMON_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_FIELD_NUMBER: _ClassVar[int]
     version: str
     serving: bool
     pool: PoolStatus
@@ -426,7 +427,24 @@ class Status(_message.Message):
     memory_available_bytes: int
     daemon_rss_bytes: int
     tenants: _containers.MessageMap[str, TenantLoad]
-    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ..., tenants: _Optional[_Mapping[str, TenantLoad]] = ...) -> None: ...
+    queue: QueueStatus
+    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ..., tenants: _Optional[_Mapping[str, TenantLoad]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
+
+class QueueStatus(_message.Message):
+    __slots__ = ("worker_id", "connected", "running", "taken", "disconnects", "last_error")
+    WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONNECTED_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    TAKEN_FIELD_NUMBER: _ClassVar[int]
+    DISCONNECTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    worker_id: str
+    connected: bool
+    running: int
+    taken: int
+    disconnects: int
+    last_error: str
+    def __init__(self, worker_id: _Optional[str] = ..., connected: bool = ..., running: _Optional[int] = ..., taken: _Optional[int] = ..., disconnects: _Optional[int] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class TenantLoad(_message.Message):
     __slots__ = ("running", "queued")
