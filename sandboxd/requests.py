@@ -51,12 +51,7 @@ class ExecutionPlan:
 
 def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionPlan:
     """The plan for `request`, or InvalidRequest naming the first problem found."""
-    tenant_id = _checked_id("tenant_id", request.tenant_id, TENANT_ID, required=True)
-    execution_id = _checked_id("execution_id", request.execution_id, EXECUTION_ID, required=False)
-    try:
-        limits = settings.defaults.override(request.limits, settings.ceilings)
-    except LimitError as exc:
-        raise InvalidRequest(str(exc)) from None
+    tenant_id, execution_id, limits = _identity_and_limits(request, settings)
     steps = _plan_steps(request.steps, limits, settings)
     returned = _returned_steps(request, steps)
     return ExecutionPlan(
@@ -68,6 +63,19 @@ def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionP
         config_vars=dict(request.config_vars),
         credentials=dict(request.credentials),
     )
+
+
+def _identity_and_limits(
+    request: pb.ExecuteRequest | pb.SessionOpen, settings: Settings
+) -> tuple[str, str, Limits]:
+    """Tenant id, execution id (possibly empty) and the execution's limits, all checked."""
+    tenant_id = _checked_id("tenant_id", request.tenant_id, TENANT_ID, required=True)
+    execution_id = _checked_id("execution_id", request.execution_id, EXECUTION_ID, required=False)
+    try:
+        limits = settings.defaults.override(request.limits, settings.ceilings)
+    except LimitError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return tenant_id, execution_id, limits
 
 
 def _returned_steps(request: pb.ExecuteRequest, steps: tuple[StepPlan, ...]) -> set[str]:
@@ -92,12 +100,7 @@ def _returned_steps(request: pb.ExecuteRequest, steps: tuple[StepPlan, ...]) -> 
 
 def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
     """The plan of a session: its context and limits; steps come later, one at a time."""
-    tenant_id = _checked_id("tenant_id", request.tenant_id, TENANT_ID, required=True)
-    execution_id = _checked_id("execution_id", request.execution_id, EXECUTION_ID, required=False)
-    try:
-        limits = settings.defaults.override(request.limits, settings.ceilings)
-    except LimitError as exc:
-        raise InvalidRequest(str(exc)) from None
+    tenant_id, execution_id, limits = _identity_and_limits(request, settings)
     max_steps = request.max_steps or settings.max_session_steps
     if max_steps > settings.max_session_steps:
         raise InvalidRequest(f"max_steps {max_steps} is above {settings.max_session_steps}")

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 from collections.abc import Sequence
 
 from sandboxd import config
+from sandboxd.cli import configure_logging
 from sandboxd.config import ConfigError, Settings
 from sandboxd.daemon import Daemon
 from sandboxd.jail.errors import JailError
@@ -76,10 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--retry-backoff", type=float, default=defaults.retry_backoff_s)
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(args.verbose)
     try:
         settings = config.load(
             args.config,
