@@ -31,6 +31,7 @@ from sandboxd.jail.spec import JailSpec
 ROOTFS = os.environ.get("SANDBOXD_ROOTFS", "/var/lib/sandboxd/rootfs")
 NODE_IN_JAIL = "/usr/local/bin/node"
 UID = 299_000
+CPU_QUOTA = float(os.environ.get("CPU_QUOTA", "1.0"))
 
 
 def bare_start() -> float:
@@ -49,7 +50,9 @@ async def jail_start(
 ) -> float:
     jail_id = uuid.uuid4().hex[:12]
     began = time.perf_counter()
-    cgroup = driver.create(jail_id, cgroups.CgroupLimits(1 << 30, 64, 1.0)) if driver else None
+    cgroup = (
+        driver.create(jail_id, cgroups.CgroupLimits(1 << 30, 64, CPU_QUOTA)) if driver else None
+    )
     spec = JailSpec(
         jail_id=jail_id,
         rootfs=ROOTFS,
