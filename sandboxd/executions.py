@@ -146,7 +146,11 @@ class Execution:
         cpu_mark = _cpu_time_us(jail)
         completed = 0
         failure: tuple[str, StepFailure] | None = None
-        await self._send_context(jail)
+        try:
+            await self._send_context(jail, output)
+        except StepFailure as exc:
+            yield self._events.finished(0, ("", exc), _usage(0, jail, cpu_mark))
+            return
         async for step in self._step_source():
             if isinstance(step, StepFailure):
                 failure = ("", step)
@@ -185,7 +189,7 @@ class Execution:
                 return
             yield step
 
-    async def _send_context(self, jail: PooledJail) -> None:
+    async def _send_context(self, jail: PooledJail, output: _JailOutput) -> None:
         plan = self.plan
         header = {
             "t": "exec",
@@ -195,7 +199,7 @@ class Execution:
             "configVars": plan.config_vars,
             "credentials": plan.credentials,
         }
-        await jail.channel.send(header, plan.input)
+        await self._send(jail, output, header, plan.input)
 
     async def _run_step(
         self, jail: PooledJail, output: _JailOutput, step: StepPlan
@@ -205,7 +209,7 @@ class Execution:
         began = time.monotonic()
         cpu_mark = _cpu_time_us(jail)
         if step.input is not None:
-            await jail.channel.send({"t": "input", "seq": step.index}, step.input)
+            await self._send(jail, output, {"t": "input", "seq": step.index}, step.input)
         header = {
             "t": "step",
             "seq": step.index,
@@ -214,7 +218,7 @@ class Execution:
             "logBytes": limits.log_bytes,
             "resultBytes": limits.result_bytes,
         }
-        await jail.channel.send(header, step.code.encode())
+        await self._send(jail, output, header, step.code.encode())
         budget = _LogBudget(step)
         deadline = began + limits.timeout_ms / 1000
         while True:
@@ -279,6 +283,15 @@ class Execution:
         if isinstance(item, Frame) and item.header.get("seq") != step.index:
             raise await self._died(jail, output, f"runner sent a {item.type!r} frame out of order")
         return item
+
+    async def _send(
+        self, jail: PooledJail, output: _JailOutput, header: dict[str, object], body: bytes
+    ) -> None:
+        """Send a frame to the runner; a runner that is gone fails the step as it died."""
+        try:
+            await jail.channel.send(header, body)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise await self._died(jail, output, f"the runner stopped reading ({exc})") from None
 
     async def _died(self, jail: PooledJail, output: _JailOutput, why: str) -> StepFailure:
         """Kill the jail and tell, from its exit status and cgroup, why the step ended."""
