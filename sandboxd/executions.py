@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
@@ -32,6 +33,11 @@ from sandboxd.v1 import sandbox_pb2 as pb
 _FLOOD_FACTOR = 2
 _FLOOD_SLACK = 64 * 1024
 _EXIT_WAIT_S = 2.0
+_OWN_EXIT_GRACE_S = 0.5
+# The runner's JSON.stringify makes every real result; only a forged frame carries anything else.
+# Parsing a result in the daemon costs ~10 ms per MiB, so larger ones are left to the client,
+# which reports an undecodable result as an error of the step's own making.
+_VALIDATED_JSON_BYTES = 1024 * 1024
 _QUEUE_DEPTH = 256
 _OUTPUT_TAIL = 4096
 
@@ -224,12 +230,15 @@ class Execution:
         while True:
             item = await self._next(output, jail, step, deadline)
             if isinstance(item, Frame) and item.type == "result":
+                problem = await _result_problem(item)
+                if problem:
+                    raise await self._died(jail, output, f"the runner sent a bad result: {problem}")
                 usage = _usage(time.monotonic() - began, jail, cpu_mark)
                 for event in self._events.step_result(step, item, usage):
                     yield event
                 return
             if isinstance(item, Frame) and item.type == "error":
-                raise runner_error(item)
+                raise runner_error(item, jail.cgroup)
             for event in self._logs(step, item, budget):
                 yield event
             if budget.flooding:
@@ -294,15 +303,44 @@ class Execution:
             raise await self._died(jail, output, f"the runner stopped reading ({exc})") from None
 
     async def _died(self, jail: PooledJail, output: _JailOutput, why: str) -> StepFailure:
-        """Kill the jail and tell, from its exit status and cgroup, why the step ended."""
+        """Tell, from its exit status and cgroup, why the step ended; kill what is left."""
+        status: int | None = None
+        if not why and not self._cancelled:
+            # The event pipe ended: the runner is most likely exiting by itself, and its own
+            # status says how. Killing it first would replace that status with SIGKILL.
+            status = await _exit_status(jail, _OWN_EXIT_GRACE_S)
         jail.kill()
         if self._cancelled:
             return StepFailure(pb.CANCELLED, "the execution was cancelled")
-        status: int | None = None
-        with contextlib.suppress(TimeoutError, JailError):
-            async with asyncio.timeout(_EXIT_WAIT_S):
-                status = await asyncio.shield(jail.jail.exit_status)
-        return classify_death(status, jail.cgroup, output.tail, why)
+        if status is None:
+            status = await _exit_status(jail, _EXIT_WAIT_S)
+        cpu_limit_us = jail.jail.spec.limits.cpu_time_s * 1_000_000
+        return classify_death(status, jail.cgroup, output.tail, why, cpu_limit_us)
+
+
+async def _exit_status(jail: PooledJail, timeout_s: float) -> int | None:
+    with contextlib.suppress(TimeoutError, JailError):
+        async with asyncio.timeout(timeout_s):
+            return await asyncio.shield(jail.jail.exit_status)
+    return None
+
+
+async def _result_problem(frame: Frame) -> str:
+    """What is wrong with a result frame, "" when nothing: its header must describe its body."""
+    header, body = frame.header, frame.body
+    encoding, size, kept = header.get("encoding"), header.get("size"), header.get("kept", False)
+    if encoding not in ("json", "binary"):
+        return f"unknown encoding {encoding!r}"
+    if not isinstance(kept, bool) or (kept and body):
+        return "a kept result carries a body"
+    if type(size) is not int or size < 0 or (not kept and size != len(body)):
+        return f"size {size!r} does not describe a body of {len(body)} bytes"
+    if encoding == "json" and not kept and len(body) <= _VALIDATED_JSON_BYTES:
+        try:
+            await asyncio.to_thread(json.loads, body)
+        except ValueError as exc:  # UnicodeDecodeError included
+            return f"the body is not JSON: {exc}"
+    return ""
 
 
 def _cpu_time_us(jail: PooledJail) -> int:

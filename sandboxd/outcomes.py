@@ -6,10 +6,11 @@ import os
 import signal
 
 from sandboxd.channel import Frame
-from sandboxd.jail.cgroups import JailCgroup
+from sandboxd.jail.cgroups import CgroupError, JailCgroup
 from sandboxd.v1 import sandbox_pb2 as pb
 
 _HEAP_EXHAUSTED = b"JavaScript heap out of memory"
+_CPU_LIMIT_MARGIN = 0.9
 # A failed step that leaves the runner healthy: a session may go on after it.
 RECOVERABLE = frozenset({pb.USER_ERROR, pb.RESULT_TOO_LARGE})
 
@@ -24,18 +25,36 @@ class StepFailure(Exception):
         self.stack = stack
 
 
-def runner_error(frame: Frame) -> StepFailure:
-    """The step's failure as the runner reported it; only the kinds a runner may claim."""
+# Errors that a jail limit, not the step's logic, made a call fail with.
+_LIMIT_ERRNOS = frozenset({"EMFILE", "ENFILE", "EFBIG", "ENOSPC", "EDQUOT"})
+
+
+def runner_error(frame: Frame, cgroup: JailCgroup | None = None) -> StepFailure:
+    """The step's failure as the runner reported it; only the kinds a runner may claim.
+
+    A step that failed on a jail limit (the pids cgroup refused a process or thread, or a call
+    failed with a file, descriptor or disk limit's errno) is RESOURCE_LIMIT, with its message.
+    """
     claimed = frame.header.get("kind")
     kind = pb.RESULT_TOO_LARGE if claimed == "RESULT_TOO_LARGE" else pb.USER_ERROR
     name = str(frame.header.get("name") or "")
     message = str(frame.header.get("message", ""))
     stack = str(frame.header.get("stack", ""))
-    return StepFailure(kind, f"{name}: {message}" if name else message, stack)
+    text = f"{name}: {message}" if name else message
+    if kind == pb.USER_ERROR and cgroup is not None and cgroup.pids_limit_hit():
+        text = f"the jail reached its process/thread limit: {text}"
+        return StepFailure(pb.RESOURCE_LIMIT, text, stack)
+    if kind == pb.USER_ERROR and frame.header.get("code") in _LIMIT_ERRNOS:
+        return StepFailure(pb.RESOURCE_LIMIT, f"the step reached a jail limit: {text}", stack)
+    return StepFailure(kind, text, stack)
 
 
 def classify_death(
-    status: int | None, cgroup: JailCgroup | None, output_tail: bytes, why: str
+    status: int | None,
+    cgroup: JailCgroup | None,
+    output_tail: bytes,
+    why: str,
+    cpu_limit_us: int | None = None,
 ) -> StepFailure:
     """The error kind of a runner that stopped without answering.
 
@@ -48,11 +67,28 @@ def classify_death(
         sig = os.WTERMSIG(status)
         if sig == signal.SIGSYS:
             return StepFailure(pb.POLICY_DENIED, "the step made a system call the policy forbids")
-        if sig == signal.SIGXCPU:
+        # The runner is pid 1 of its namespace, which ignores the kernel's SIGXCPU at the soft
+        # limit: RLIMIT_CPU ends it with SIGKILL at the hard limit. The kernel decides on
+        # tick-sampled time, the cgroup counts exactly (up to ~10 % less): hence the margin.
+        if sig == signal.SIGXCPU or (
+            sig == signal.SIGKILL
+            and not why
+            and cpu_limit_us is not None
+            and _cpu_used_us(cgroup) >= cpu_limit_us * _CPU_LIMIT_MARGIN
+        ):
             return StepFailure(pb.TIMEOUT, "the jail used up its cpu time limit")
     if cgroup is not None and cgroup.pids_limit_hit():
         return StepFailure(pb.RESOURCE_LIMIT, "the jail reached its process/thread limit")
     return StepFailure(pb.CRASHED, why or f"the runner died ({describe_status(status)})")
+
+
+def _cpu_used_us(cgroup: JailCgroup | None) -> int:
+    if cgroup is None:
+        return 0
+    try:
+        return cgroup.usage().cpu_time_us
+    except (OSError, CgroupError):
+        return 0
 
 
 def describe_status(status: int | None) -> str:

@@ -18,7 +18,11 @@ def decode_result(finished: sandbox_pb2.StepFinished) -> Any:
     """
     match finished.WhichOneof("result"):
         case "json":
-            return json.loads(finished.json)
+            try:
+                return json.loads(finished.json)
+            except ValueError as exc:  # only a step that forged its own result frame
+                message = f"the result of step {finished.step!r} is not JSON: {exc}"
+                raise SandboxError(ErrorKind.USER_ERROR, message, step=finished.step) from exc
         case "binary":
             return finished.binary
         case _:

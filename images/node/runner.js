@@ -442,16 +442,18 @@ function describeThrown(value) {
   if (isNativeError(value) || isErrorLike(value)) {
     const name = safeGet(value, 'name');
     const stack = safeGet(value, 'stack');
+    const code = safeGet(value, 'code');
     return {
       __proto__: null,
       name: name === undefined ? 'Error' : safeString(name),
       message: safeString(safeGet(value, 'message')),
       stack: typeof stack === 'string' ? trimStack(stack) : '',
+      code: typeof code === 'string' ? truncateText(code, MAX_NAME_UNITS) : '',
     };
   }
   const message =
     typeof value === 'string' ? value : 'Step threw a non-Error value: ' + safeInspect(value);
-  return { __proto__: null, name: 'Error', message, stack: '' };
+  return { __proto__: null, name: 'Error', message, stack: '', code: '' };
 }
 
 function finish(step, header, body) {
@@ -472,7 +474,7 @@ function failStep(step, kind, described, prefix) {
     message = replaceText(message, step.moduleURL, step.filename);
     stack = replaceText(stack, step.moduleURL, step.filename);
   }
-  finish(step, {
+  const header = {
     __proto__: null,
     t: 'error',
     seq: step.seq,
@@ -480,7 +482,10 @@ function failStep(step, kind, described, prefix) {
     name: truncateText(described.name, MAX_NAME_UNITS),
     message: truncateText(message, MAX_TEXT_UNITS),
     stack: truncateText(stack, MAX_TEXT_UNITS),
-  });
+  };
+  // The errno-style code of a system error (EMFILE, ENOSPC ...): the daemon tells limits by it.
+  if (described.code) header.code = described.code;
+  finish(step, header);
 }
 
 function userError(step, thrown) {

@@ -152,8 +152,9 @@ def _set_rlimits(spec: JailSpec) -> None:
         ("RLIMIT_FSIZE", resource.RLIMIT_FSIZE, limits.file_size_bytes),
         ("RLIMIT_CPU", resource.RLIMIT_CPU, limits.cpu_time_s),
         ("RLIMIT_CORE", resource.RLIMIT_CORE, 0),
-        # Per host uid, and every jail has its own: a second fence behind the pids cgroup.
-        ("RLIMIT_NPROC", resource.RLIMIT_NPROC, limits.pids),
+        # Per host uid, and every jail has its own: a second fence behind the pids cgroup, one
+        # above it, so that the cgroup refuses first and counts the refusal in pids.events.
+        ("RLIMIT_NPROC", resource.RLIMIT_NPROC, limits.pids + (1 if spec.cgroup_procs else 0)),
     )
     for name, which, value in wanted:
         try:
@@ -232,7 +233,8 @@ def _mirror_exit(status: int) -> NoReturn:
     """End the keeper the way the init ended, so the fork server sees the runner's status."""
     if os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        signal.signal(sig, signal.SIG_DFL)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
+            signal.signal(sig, signal.SIG_DFL)
         os.kill(os.getpid(), sig)
         os._exit(128 + sig)  # only for signals that do not kill (cannot happen for SIGKILL)
     os._exit(os.waitstatus_to_exitcode(status))
