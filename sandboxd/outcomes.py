@@ -25,6 +25,13 @@ class StepFailure(Exception):
         self.stack = stack
 
 
+# What a runner may say of its step; anything else it claims is taken as the step's own error.
+_RUNNER_KINDS = {
+    "USER_ERROR": pb.USER_ERROR,
+    "RESULT_TOO_LARGE": pb.RESULT_TOO_LARGE,
+    "OUTPUT_LIMIT": pb.OUTPUT_LIMIT,
+}
+
 # Errors that a jail limit, not the step's logic, made a call fail with.
 _LIMIT_ERRNOS = frozenset({"EMFILE", "ENFILE", "EFBIG", "ENOSPC", "EDQUOT"})
 
@@ -36,7 +43,7 @@ def runner_error(frame: Frame, cgroup: JailCgroup | None = None) -> StepFailure:
     failed with a file, descriptor or disk limit's errno) is RESOURCE_LIMIT, with its message.
     """
     claimed = frame.header.get("kind")
-    kind = pb.RESULT_TOO_LARGE if claimed == "RESULT_TOO_LARGE" else pb.USER_ERROR
+    kind = _RUNNER_KINDS.get(str(claimed), pb.USER_ERROR)
     name = str(frame.header.get("name") or "")
     message = str(frame.header.get("message", ""))
     stack = str(frame.header.get("stack", ""))

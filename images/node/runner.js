@@ -297,7 +297,13 @@ function emitLog(level, text) {
     writeOutside(level, text);
     return;
   }
-  if (step.logDropped) return;
+  if (step.logDropped) {
+    // Past its limit a step's lines are dropped; a step that keeps logging (an endless loop,
+    // a gigantic line) is stopped once it has tried twice its limit: OUTPUT_LIMIT.
+    step.logOverflow += text.length;
+    if (step.logUsed + step.logOverflow > 2 * step.logBytes) stopFlooding(step);
+    return;
+  }
   let bytes = utf8Encode(text);
   const room = step.logBytes - step.logUsed;
   if (byteLengthOf(bytes) > room) {
@@ -309,7 +315,19 @@ function emitLog(level, text) {
     sendFrame({ __proto__: null, t: 'log', seq: step.seq, level, ts: DateNow() }, bytes);
     step.logUsed += size;
   }
-  if (step.logDropped) sendFrame({ __proto__: null, t: 'truncated', seq: step.seq });
+  if (step.logDropped) {
+    sendFrame({ __proto__: null, t: 'truncated', seq: step.seq });
+    step.logOverflow = text.length - size;
+    if (step.logUsed + step.logOverflow > 2 * step.logBytes) stopFlooding(step);
+  }
+}
+
+// The step cannot be trusted to stop logging (it may catch what we throw): report OUTPUT_LIMIT
+// and end the runner; the jail is destroyed after this execution anyway.
+function stopFlooding(step) {
+  const message = 'the step kept logging past its limit of ' + step.logBytes + ' bytes';
+  failStep(step, 'OUTPUT_LIMIT', { __proto__: null, name: '', message, stack: '', code: '' }, '');
+  reallyExit(0);
 }
 
 // util.format runs customer inspect hooks and getters; a failure there still gives a line.
@@ -837,6 +855,7 @@ function onStep(header, body) {
       resultBytes: limit(header, 'resultBytes'),
       logUsed: 0,
       logDropped: false,
+      logOverflow: 0, // UTF-16 units the step tried to log past its limit
       finished: false,
     },
     body,

@@ -203,11 +203,15 @@ async def test_log_truncation_by_bytes_and_by_lines(client: SandboxClient) -> No
     assert "10 lines" in logs[10].text
     assert json.loads(finished_steps(events)["chatty"].json) == "done"
 
-    events = await events_of(client, [Step("chatty", chatty, limits=Limits(log_bytes=40))])
+    # Past the byte limit: a marker, the step goes on; past twice the limit it is stopped.
+    events = await events_of(client, [Step("chatty", chatty, limits=Limits(log_bytes=600))])
     logs = [e.log for e in events if e.HasField("log")]
     assert [log.truncated for log in logs][-1] is True
-    assert sum(len(log.text) for log in logs[:-1]) <= 40
+    assert sum(len(log.text) for log in logs[:-1]) <= 600
     assert events[-1].execution_finished.status == pb.EXECUTION_STATUS_SUCCEEDED
+    events = await events_of(client, [Step("chatty", chatty, limits=Limits(log_bytes=40))])
+    assert [e.log.truncated for e in events if e.HasField("log")][-1] is True
+    assert events[-1].execution_finished.error_kind == pb.OUTPUT_LIMIT
 
 
 async def test_invalid_utf8_and_binary_output_is_replaced(client: SandboxClient) -> None:

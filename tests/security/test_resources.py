@@ -354,7 +354,7 @@ async def test_many_log_lines_are_truncated_with_one_marker_and_the_step_ends(
 ) -> None:
     code = """
     module.exports = async () => {
-      for (let i = 0; i < 20000; i++) console.log('line ' + i + ' ' + 'x'.repeat(100));
+      for (let i = 0; i < 800; i++) console.log('line ' + i + ' ' + 'x'.repeat(100));
       return 'done';
     };
     """
@@ -381,10 +381,19 @@ async def test_too_many_log_entries_are_truncated_with_one_marker(client: Sandbo
     ]
 
 
-async def test_one_gigantic_line_is_cut_at_the_limit(client: SandboxClient) -> None:
-    code = "module.exports = async () => { console.log('y'.repeat(8 << 20)); return 'done'; };"
+async def test_a_line_past_the_limit_is_cut_and_the_step_goes_on(client: SandboxClient) -> None:
+    code = "module.exports = async () => { console.log('y'.repeat(80 << 10)); return 'done'; };"
     outcome = await execute(client, code, limits=Limits(log_bytes=LOG_LIMIT))
     assert outcome.value == "done"
+    line, marker = outcome.logs
+    assert line.text == "y" * LOG_LIMIT
+    assert marker.truncated
+
+
+async def test_one_gigantic_line_is_output_limit(client: SandboxClient) -> None:
+    code = "module.exports = async () => { console.log('y'.repeat(8 << 20)); return 'done'; };"
+    outcome = await execute(client, code, limits=Limits(log_bytes=LOG_LIMIT))
+    assert outcome.kind is ErrorKind.OUTPUT_LIMIT
     line, marker = outcome.logs
     assert line.text == "y" * LOG_LIMIT
     assert marker.truncated
@@ -436,12 +445,11 @@ async def test_endless_raw_output_is_output_limit_with_bounded_daemon_memory(
     assert daemon_process.memory_info().rss - before < 64 * MiB
 
 
-async def test_endless_console_log_is_cut_and_ends_at_the_time_limit(
-    client: SandboxClient,
-) -> None:
+async def test_endless_console_log_is_cut_then_output_limit(client: SandboxClient) -> None:
     code = "module.exports = async () => { for (;;) console.log('z'.repeat(1000)); };"
-    outcome = await execute(client, code, limits=Limits(log_bytes=LOG_LIMIT, timeout_ms=1000))
-    assert outcome.kind is ErrorKind.TIMEOUT
+    outcome = await execute(client, code, limits=Limits(log_bytes=LOG_LIMIT, timeout_ms=10_000))
+    assert outcome.kind is ErrorKind.OUTPUT_LIMIT
+    assert outcome.message == f"the step kept logging past its limit of {LOG_LIMIT} bytes"
     *lines, marker = outcome.logs
     assert marker.truncated
     assert sum(len(line.text.encode()) for line in lines) <= LOG_LIMIT

@@ -478,7 +478,7 @@ def test_process_stdout_and_stderr_writes_are_logs(runner: Runner) -> None:
 def test_log_bytes_limit_cuts_once_and_sends_one_truncated(runner: Runner) -> None:
     code = """
     module.exports = () => {
-      for (let i = 0; i < 1000; i++) console.log('x'.repeat(40));
+      for (let i = 0; i < 4; i++) console.log('x'.repeat(40));
       process.stdout.write('dropped too');
       return 'done';
     };
@@ -491,6 +491,15 @@ def test_log_bytes_limit_cuts_once_and_sends_one_truncated(runner: Runner) -> No
     # The limit is per step: the next one logs again.
     before, _ = runner.run(1, "quiet", "module.exports = () => console.log('fresh')", log_bytes=100)
     assert logs(before) == [("info", "fresh")]
+
+
+def test_a_step_that_logs_past_twice_its_limit_is_stopped(runner: Runner) -> None:
+    code = "module.exports = () => { for (;;) { try { console.log('y'.repeat(30)); } catch {} } }"
+    before, outcome = runner.run(0, "flood", code, log_bytes=100)
+    assert [f.header["t"] for f in before] == ["log", "log", "log", "log", "truncated"]
+    assert (outcome.header["t"], outcome.header["kind"]) == ("error", "OUTPUT_LIMIT")
+    assert outcome.header["message"] == "the step kept logging past its limit of 100 bytes"
+    assert runner.wait() == 0  # the runner ends itself: the step may never stop logging
 
 
 def test_log_cut_keeps_whole_utf8_characters(runner: Runner) -> None:
