@@ -63,8 +63,10 @@ def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
 class Daemon:
     """A running sandboxd: fork server, pool, gRPC server with health and reflection."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, telemetry: Telemetry | None = None):
+        """`telemetry` replaces the one the settings describe (tests inject in-memory exporters)."""
         self.settings = settings
+        self._given_telemetry = telemetry
         self.port = 0
         self.service: SandboxService | None = None
         self.executor: Executor | None = None
@@ -82,7 +84,9 @@ class Daemon:
         settings = self.settings
         self._cgroups, mode = open_cgroups(settings)
         self._launcher = await JailLauncher.start(seccomp=settings.seccomp)
-        self.telemetry = Telemetry.setup(cast(ExporterKind, settings.telemetry_exporter))
+        self.telemetry = self._given_telemetry or Telemetry.setup(
+            cast(ExporterKind, settings.telemetry_exporter)
+        )
         self.admission = Admission(settings.tenant_policy(), capacity=settings.pool_max)
         self._pool = JailPool(
             self._launcher,
