@@ -27,6 +27,7 @@ PREFIX_SIZE = _PREFIX.size
 
 # A header carries names, kinds, messages and stacks: generous, but never megabytes.
 MAX_HEADER_BYTES = 256 * 1024
+_READ_BUFFER_BYTES = 2 * 1024 * 1024
 
 
 class ProtocolError(Exception):
@@ -130,7 +131,9 @@ class RunnerChannel:
 
 async def _pipe_reader(fd: int) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
     loop = asyncio.get_running_loop()
-    reader = asyncio.StreamReader(limit=MAX_HEADER_BYTES, loop=loop)
+    # The limit is also how much is buffered before reading pauses: large enough that a
+    # megabyte result does not stop and restart the pipe at every quarter megabyte.
+    reader = asyncio.StreamReader(limit=_READ_BUFFER_BYTES, loop=loop)
     transport, _ = await loop.connect_read_pipe(
         lambda: asyncio.StreamReaderProtocol(reader),
         open(fd, "rb", buffering=0),  # noqa: SIM115 - the transport owns it

@@ -41,6 +41,9 @@ from sandboxd.jail.spec import JailLimits, JailSpec
 MAX_MESSAGE = 64 * 1024
 START_TIMEOUT_S = 10.0
 _FIRST_PIPE_FD = 10
+# Megabyte payloads cross the channel in fewer, larger reads than through 64 KiB pipes; the pages
+# are only allocated while data is in flight.
+_CHANNEL_PIPE_BYTES = 1024 * 1024
 
 
 def spec_to_json(spec: JailSpec) -> dict[str, Any]:
@@ -76,8 +79,8 @@ def spawn(spec: JailSpec, seccomp_program: bytes) -> Spawned:
     to_server_r, to_server_w = _pipe()
     from_server_r, from_server_w = _pipe()
     errors_r, errors_w = _pipe()
-    work_r, work_w = _pipe()
-    events_r, events_w = _pipe()
+    work_r, work_w = _pipe(_CHANNEL_PIPE_BYTES)
+    events_r, events_w = _pipe(_CHANNEL_PIPE_BYTES)
     output_r, output_w = _pipe()
     child_fds = launch.ChildFds(to_server_w, from_server_r, errors_w, work_r, events_w, output_w)
     keeper = os.fork()
@@ -99,12 +102,14 @@ def spawn(spec: JailSpec, seccomp_program: bytes) -> Spawned:
     return Spawned(keeper, init_pid, pidfd, ours)
 
 
-def _pipe() -> tuple[int, int]:
+def _pipe(size: int = 0) -> tuple[int, int]:
     """A close-on-exec pipe numbered above the runner's fds 0-4, so dup2 into them is safe."""
     ends = []
     for fd in os.pipe2(os.O_CLOEXEC):
         ends.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _FIRST_PIPE_FD))
         os.close(fd)
+    if size:
+        fcntl.fcntl(ends[1], fcntl.F_SETPIPE_SZ, size)
     return ends[0], ends[1]
 
 
