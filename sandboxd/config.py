@@ -25,6 +25,9 @@ class Settings:
     rootfs: str = DEFAULT_ROOTFS
     pool_size: int = 4  # warm jails kept ready
     pool_max: int = 32  # jails alive at once, warm and leased
+    # Executions running at once. Beyond it they wait in fair admission (round robin over
+    # tenants), not first come first served for a jail: 0 means four per core.
+    max_running: int = 0
     uid_base: int = 200_000  # jails run as host uids uid_base .. uid_base + pool_max - 1
     seccomp: bool = True
     cgroups: str = "auto"  # auto | v2 | v1 | none ("none" must be chosen explicitly)
@@ -79,6 +82,10 @@ class Settings:
             if getattr(self.defaults, item.name) > getattr(self.ceilings, item.name):
                 raise ConfigError(f"default limit {item.name} is above its ceiling")
         return self
+
+    def running_capacity(self) -> int:
+        wanted = self.max_running or 4 * (os.cpu_count() or 1)
+        return min(wanted, self.pool_max)
 
     def tenant_policy(self) -> TenantPolicy:
         overrides = {tenant: TenantLimits(**limits) for tenant, limits in self.tenants.items()}

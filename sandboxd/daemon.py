@@ -87,7 +87,7 @@ class Daemon:
         self.telemetry = self._given_telemetry or Telemetry.setup(
             cast(ExporterKind, settings.telemetry_exporter)
         )
-        self.admission = Admission(settings.tenant_policy(), capacity=settings.pool_max)
+        self.admission = Admission(settings.tenant_policy(), capacity=settings.running_capacity())
         self._pool = JailPool(
             self._launcher,
             rootfs=settings.rootfs,

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import psutil
 
 from sandboxd.channel import ProtocolError, RunnerChannel
-from sandboxd.jail.cgroups import CgroupDriver, CgroupLimits, JailCgroup
+from sandboxd.jail.cgroups import CgroupDriver, CgroupError, CgroupLimits, JailCgroup
 from sandboxd.jail.errors import JailError
 from sandboxd.jail.handle import Jail, JailLauncher
 from sandboxd.jail.spec import JailLimits, JailSpec
@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 READY_TIMEOUT_S = 10.0
 _DEMAND_WINDOW_S = 10.0
 _MAINTAIN_INTERVAL_S = 0.5
+_NORMAL_CPU_WEIGHT = 100
+_REFILL_CPU_WEIGHT = 10
 _IDLE_JAIL_BYTES = 64 * 1024 * 1024
 _START_SAMPLES = 1000
 
@@ -117,8 +119,6 @@ class JailPool:
         self._arrivals: collections.deque[float] = collections.deque()
         # Idle warm jails cost memory (~40 MB of Node each) and starting them costs cpu.
         self._warm_ceiling = min(maximum, _host_warm_ceiling())
-        # While executions run, jails start one at a time so refills do not starve them.
-        self._start_gate = asyncio.Semaphore(1)
         self.stats = PoolStats()
 
     # -- figures ---------------------------------------------------------------------------
@@ -195,8 +195,8 @@ class JailPool:
         the V8 heap sized from the memory limit) cannot be changed on a warm jail, so other
         limits get a jail started for this execution alone: it costs one jail start.
         """
-        self._arrivals.append(time.monotonic())
         if limits is None or limits == self._limits:
+            self._arrivals.append(time.monotonic())
             jail = await self._take()
         else:
             jail = await self._take_dedicated(limits)
@@ -224,6 +224,11 @@ class JailPool:
             jail = self._warm.popleft()
         self._leased += 1
         jail.leased_at = time.monotonic()
+        if jail.cgroup is not None:
+            try:
+                jail.cgroup.set_cpu_weight(_NORMAL_CPU_WEIGHT)
+            except CgroupError as exc:  # it still runs, only with the refill's low weight
+                log.warning("jail %s keeps its low cpu weight: %s", jail.jail_id, exc)
         self._refill()
         return jail
 
@@ -262,6 +267,8 @@ class JailPool:
         Arrival rate (leases per second, recent window) times the median start time, doubled
         for bursts; never below the configured size, never above what the host can hold.
         """
+        if self.size == 0:
+            return 0  # no pool: every execution starts its own jail
         now = time.monotonic()
         while self._arrivals and self._arrivals[0] < now - _DEMAND_WINDOW_S:
             self._arrivals.popleft()
@@ -271,11 +278,12 @@ class JailPool:
         return max(self.size, min(math.ceil(rate * start_s * 2), self._warm_ceiling))
 
     async def _start_one(self) -> None:
-        gate = self._start_gate if self._leased else contextlib.nullcontext()
+        began = time.monotonic()
         try:
-            async with gate:
-                began = time.monotonic()  # the start itself, not the wait for the gate
-                jail = await self._spawn(self._limits)
+            # Warm-up runs at a low cpu weight, so a refill does not slow running executions
+            # down; unless a caller is waiting for this very jail.
+            weight = _NORMAL_CPU_WEIGHT if self._waiting else _REFILL_CPU_WEIGHT
+            jail = await self._spawn(self._limits, weight)
         except (JailError, ProtocolError, OSError, TimeoutError) as exc:
             self.stats.failed += 1
             log.error("jail failed to start: %s", exc)
@@ -296,13 +304,15 @@ class JailPool:
             self._warm.append(jail)
             self._changed.notify_all()
 
-    async def _spawn(self, limits: JailLimits) -> PooledJail:
+    async def _spawn(self, limits: JailLimits, cpu_weight: int = _NORMAL_CPU_WEIGHT) -> PooledJail:
         jail_id = uuid.uuid4().hex[:12]
         uid = self._uids.take()
         cgroup = None
         try:
             if self._cgroups is not None:
                 cgroup = self._cgroups.create(jail_id, _cgroup_limits(limits))
+                if cpu_weight != _NORMAL_CPU_WEIGHT:
+                    cgroup.set_cpu_weight(cpu_weight)
             spec = JailSpec(
                 jail_id=jail_id,
                 rootfs=self._rootfs,

@@ -111,6 +111,10 @@ class JailCgroup(ABC):
     def kill(self) -> None:
         """SIGKILL every process in the cgroup, including ones that double-forked or setsid()."""
 
+    @abstractmethod
+    def set_cpu_weight(self, weight: int) -> None:
+        """The jail's share of contended cpu against other jails (1..10000, normal 100)."""
+
     def remove(self) -> None:
         """Kill everything inside, wait until empty, remove the directories. Idempotent."""
         present = tuple(d for d in self.dirs if os.path.isdir(d))
@@ -130,6 +134,9 @@ class JailCgroup(ABC):
 
 class V2Cgroup(JailCgroup):
     """A jail's cgroup on the unified hierarchy."""
+
+    def set_cpu_weight(self, weight: int) -> None:
+        _write(self._file("cpu.weight"), str(weight), "set cpu weight")
 
     def __init__(self, directory: str):
         super().__init__((directory,))
@@ -180,6 +187,11 @@ class V1Cgroup(JailCgroup):
 
     def pids_limit_hit(self) -> bool:
         return _read_field(self._file("pids", "pids.events"), "max") > 0
+
+    def set_cpu_weight(self, weight: int) -> None:
+        # v1 shares are relative like v2 weights, with 1024 as the normal value.
+        shares = max(2, weight * 1024 // 100)
+        _write(self._file("cpu", "cpu.shares"), str(shares), "set cpu shares")
 
     def kill(self) -> None:
         """Freeze, SIGKILL each process, thaw: frozen processes cannot fork away meanwhile."""
