@@ -13,12 +13,12 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from types import TracebackType
-from typing import Any, ParamSpec, Self
+from typing import Any, ParamSpec
 
 import grpc
 
 from sandbox_client._chunks import CHUNK_BYTES, Reassembler, upload
+from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import error_from_rpc
 from sandbox_client._events import result_of
 from sandbox_client._request import Limits, ReturnResults, Step, execute_request
@@ -68,7 +68,7 @@ def _translated(execution_id: str | None = None) -> Iterator[None]:
         raise error_from_rpc(error, execution_id) from error
 
 
-class SandboxClient:
+class SandboxClient(AsyncClosing):
     """An asyncio client of one sandboxd daemon; use it as ``async with SandboxClient(...)``.
 
     Create it inside the event loop that uses it (grpc.aio binds the channel to that loop).
@@ -96,17 +96,6 @@ class SandboxClient:
             self._channel = grpc.aio.secure_channel(target, channel_credentials, options=merged)
         # The generated stub has no annotations; its methods return grpc.aio calls.
         self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         """Close the channel; RPCs still running are cancelled."""

@@ -21,9 +21,9 @@ import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from types import TracebackType
-from typing import Any, ParamSpec, Self, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
+from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import result_of
 from sandbox_client._request import Limits, Step, execute_request
@@ -53,7 +53,7 @@ class ExecutionInfo:
     last_error: str | None  # why the last attempt failed, while delayed for a retry or dead
 
 
-class QueueClient:
+class QueueClient(AsyncClosing):
     """A producer and reader of the sandboxd queue in Redis; use it as ``async with``."""
 
     def __init__(
@@ -79,17 +79,6 @@ class QueueClient:
         self._retention_ms = int(retention_s * 1000)
         self._max_payload = max_payload_bytes
         self._reconnect_timeout = reconnect_timeout_s
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     async def close(self) -> None:
         await self._store.close()
