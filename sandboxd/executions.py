@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import ctypes
+import gc
 import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
@@ -39,6 +41,8 @@ _OWN_EXIT_GRACE_S = 0.5
 # which reports an undecodable result as an error of the step's own making.
 _VALIDATED_JSON_BYTES = 1024 * 1024
 _QUEUE_DEPTH = 256
+_TRIM_AFTER_BYTES = 4 * 1024 * 1024
+_libc = ctypes.CDLL(None)
 _OUTPUT_TAIL = 4096
 
 
@@ -398,6 +402,7 @@ class Executor:
         execution.waiting_task = asyncio.current_task()
         self.running[plan.execution_id] = execution
         outcome = "CANCELLED"  # unless it finishes: the caller went away or cancelled it
+        moved = len(plan.input)
         try:
             with self.telemetry.observe(plan, metadata) as observer:
                 async with self.admission.admit(plan.tenant_id):
@@ -405,6 +410,8 @@ class Executor:
                         observer.event(event)
                         if event.HasField("execution_finished"):
                             outcome = outcome_name(event.execution_finished)
+                        elif event.HasField("result_chunk") or event.HasField("step_finished"):
+                            moved += event.ByteSize()
                         yield event
         except QuotaExceeded:
             outcome = "QUOTA_EXCEEDED"
@@ -415,6 +422,8 @@ class Executor:
         finally:
             self.outcomes[outcome] += 1
             del self.running[plan.execution_id]
+            if moved >= _TRIM_AFTER_BYTES:
+                release_memory()
 
     def cancel(self, execution_id: str) -> bool:
         execution = self.running.get(execution_id)
@@ -425,6 +434,18 @@ class Executor:
     def cancel_all(self) -> None:
         for execution in list(self.running.values()):
             execution.cancel()
+
+
+def release_memory() -> None:
+    """Give a large payload's memory back to the system once its execution is over.
+
+    Some of an execution's objects end in reference cycles (async generators, cancelled tasks,
+    tracebacks) that only the cyclic collector frees; with a 16 MiB payload the daemon's memory
+    climbed in a saw-tooth to twice its size before a collection came. A full collection after an
+    execution that moved megabytes keeps it flat, then glibc gets the freed pages back.
+    """
+    gc.collect()
+    _libc.malloc_trim(0)
 
 
 def outcome_name(finished: pb.ExecutionFinished) -> str:

@@ -33,7 +33,7 @@ READY_TIMEOUT_S = 10.0
 _DEMAND_WINDOW_S = 10.0
 _MAINTAIN_INTERVAL_S = 0.5
 _NORMAL_CPU_WEIGHT = 100
-_REFILL_CPU_WEIGHT = 10
+_REFILL_CPU_WEIGHT = 50  # half a running jail's share: refills go on, executions keep most
 _IDLE_JAIL_BYTES = 64 * 1024 * 1024
 _START_SAMPLES = 1000
 
@@ -119,6 +119,7 @@ class JailPool:
         self._arrivals: collections.deque[float] = collections.deque()
         # Idle warm jails cost memory (~40 MB of Node each) and starting them costs cpu.
         self._warm_ceiling = min(maximum, _host_warm_ceiling())
+        self._start_gate = asyncio.Semaphore(os.cpu_count() or 1)
         self.stats = PoolStats()
 
     # -- figures ---------------------------------------------------------------------------
@@ -278,12 +279,13 @@ class JailPool:
         return max(self.size, min(math.ceil(rate * start_s * 2), self._warm_ceiling))
 
     async def _start_one(self) -> None:
-        began = time.monotonic()
         try:
-            # Warm-up runs at a low cpu weight, so a refill does not slow running executions
-            # down; unless a caller is waiting for this very jail.
-            weight = _NORMAL_CPU_WEIGHT if self._waiting else _REFILL_CPU_WEIGHT
-            jail = await self._spawn(self._limits, weight)
+            # Refills start one at a time per core and at a lower cpu weight, so they do not
+            # slow running executions down; unless a caller is waiting for this very jail.
+            async with self._start_gate:
+                began = time.monotonic()
+                weight = _NORMAL_CPU_WEIGHT if self._waiting else _REFILL_CPU_WEIGHT
+                jail = await self._spawn(self._limits, weight)
         except (JailError, ProtocolError, OSError, TimeoutError) as exc:
             self.stats.failed += 1
             log.error("jail failed to start: %s", exc)
