@@ -16,12 +16,14 @@ from typing import cast
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis.exceptions import RedisError
 
 from sandboxd.config import ConfigError, Settings
 from sandboxd.executions import Executor
 from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.pool import JailPool
+from sandboxd.queue.store import QueueDepth
 from sandboxd.queue.worker import QueueOptions, QueueWorker, default_worker_id
 from sandboxd.server import SandboxService
 from sandboxd.telemetry import ExporterKind, Telemetry
@@ -34,7 +36,8 @@ MAX_MESSAGE_BYTES = 80 * 1024 * 1024
 _SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
 _HEALTH_INTERVAL_S = 1.0
 _TELEMETRY_FLUSH_S = 5.0
-_FINAL_EVENTS_S = 2.0  # for cancelled executions to send their last events
+_FINAL_EVENTS_S = 2.0
+_QUEUE_DEPTH_INTERVAL_S = 5.0  # for cancelled executions to send their last events
 
 
 def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
@@ -72,6 +75,8 @@ class Daemon:
         self.executor: Executor | None = None
         self.admission: Admission | None = None
         self.queue: QueueWorker | None = None
+        self._queue_depth: QueueDepth | None = None
+        self._queue_depth_task: asyncio.Task[None] | None = None
         self.telemetry: Telemetry | None = None
         self._launcher: JailLauncher | None = None
         self._pool: JailPool | None = None
@@ -116,6 +121,8 @@ class Daemon:
                 ),
             )
             await self.queue.start()
+            self._queue_depth_task = asyncio.create_task(self._watch_queue_depth(self.queue))
+            self.telemetry.watch_queue(lambda: self._queue_depth)
         self.service = SandboxService(settings, self.executor, cgroup_mode=mode, queue=self.queue)
         self._server = self._make_server(self.service)
         self.port = self._server.add_insecure_port(settings.listen)
@@ -158,6 +165,15 @@ class Daemon:
                 await self._health.set(name, status)
             await asyncio.sleep(_HEALTH_INTERVAL_S)
 
+    async def _watch_queue_depth(self, queue: QueueWorker) -> None:
+        """Read the queue's depth for the metrics every few seconds; Redis may be away."""
+        while True:
+            try:
+                self._queue_depth = await queue.depth()
+            except RedisError as exc:
+                log.debug("queue depth unavailable: %s", exc)
+            await asyncio.sleep(_QUEUE_DEPTH_INTERVAL_S)
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain: refuse new work, let running executions finish within the grace, then stop.
 
@@ -165,6 +181,8 @@ class Daemon:
         still open, so their callers receive StepFailed/ExecutionFinished CANCELLED.
         """
         grace = self.settings.shutdown_grace_s if grace is None else grace
+        if self._queue_depth_task is not None:
+            self._queue_depth_task.cancel()
         if self.queue is not None:
             await self.queue.stop(grace)  # takes nothing more; hands back what it cannot finish
         if self._health_task is not None:

@@ -43,6 +43,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sandboxd import __version__
 from sandboxd.jail.errors import JailError
 from sandboxd.pool import PoolClosed
+from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan
 from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded, TenantLoad
 from sandboxd.v1 import sandbox_pb2 as pb
@@ -208,8 +209,49 @@ class Telemetry:
             "Executions waiting for admission, per tenant",
         )
 
+    def watch_queue(self, latest: Callable[[], QueueDepth | None]) -> None:
+        """Gauges of the Redis queue (the autoscaler's signal): per tenant, its backlog and the
+        age of its oldest waiting entry; delayed and dead-lettered executions in all.
 
-def _reading(read: Callable[[], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        `latest` returns the last depth the daemon read (reading Redis is async; callbacks are not).
+        """
+        meter = self._instruments.meter
+
+        def per_tenant(
+            value: Callable[[TenantDepth], float],
+        ) -> Callable[..., Iterable[Observation]]:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                depth = latest()
+                tenants = depth.tenants.items() if depth else ()
+                return [Observation(value(load), {"tenant.id": t}) for t, load in tenants]
+
+            return callback
+
+        def total(value: Callable[[QueueDepth], int]) -> _Callback:
+            def callback(options: CallbackOptions) -> Iterable[Observation]:
+                depth = latest()
+                return [Observation(value(depth))] if depth else []
+
+            return callback
+
+        gauges: list[tuple[str, _Callback, str, str]] = [
+            ("sandboxd.queue.waiting", per_tenant(lambda d: d.waiting), "{execution}",
+             "Queued executions no worker has taken yet, per tenant"),
+            ("sandboxd.queue.oldest_age", per_tenant(lambda d: d.oldest_age_s), "s",
+             "Age of the oldest waiting execution, per tenant"),
+            ("sandboxd.queue.delayed", total(lambda d: d.delayed), "{execution}",
+             "Executions waiting for their run-at time or a retry"),
+            ("sandboxd.queue.dead", total(lambda d: d.dead), "{execution}",
+             "Executions in the dead-letter stream"),
+        ]  # fmt: skip
+        for name, callback, unit, description in gauges:
+            meter.create_observable_gauge(name, [callback], unit, description)
+
+
+_Callback = Callable[[CallbackOptions], Iterable[Observation]]
+
+
+def _reading(read: Callable[[], int]) -> _Callback:
     def callback(options: CallbackOptions) -> Iterable[Observation]:
         return [Observation(read())]
 

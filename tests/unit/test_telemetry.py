@@ -25,6 +25,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span, use_span
 
 from sandboxd.limits import Limits
+from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan, StepPlan
 from sandboxd.telemetry import Telemetry, context_from_grpc_metadata
 from sandboxd.tenants import Admission, QuotaExceeded, TenantLimits, TenantPolicy
@@ -576,3 +577,17 @@ def test_the_service_name_defaults_to_sandboxd(monkeypatch: pytest.MonkeyPatch) 
     (span,) = spans.get_finished_spans()
     assert span.resource.attributes["service.name"] == "sandboxd"
     telemetry.shutdown()
+
+
+def test_queue_gauges_follow_the_last_depth_read(recorded: Recorded) -> None:
+    depth: list[QueueDepth | None] = [None]
+    recorded.telemetry.watch_queue(lambda: depth[0])
+    assert "sandboxd.queue.waiting" not in recorded.metrics()  # nothing read from Redis yet
+    depth[0] = QueueDepth(
+        tenants={"acme": TenantDepth(waiting=7, running=2, oldest_age_s=3.5)}, delayed=4, dead=1
+    )
+    tenant = frozenset({("tenant.id", "acme")})
+    assert number(recorded.points("sandboxd.queue.waiting")[tenant]) == 7
+    assert number(recorded.points("sandboxd.queue.oldest_age")[tenant]) == 3.5
+    assert number(recorded.points("sandboxd.queue.delayed")[frozenset()]) == 4
+    assert number(recorded.points("sandboxd.queue.dead")[frozenset()]) == 1
