@@ -1,4 +1,4 @@
-"""sandboxd serve | run | demo | status."""
+"""sandboxd serve | worker | run | demo | status."""
 
 from __future__ import annotations
 
@@ -144,7 +144,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
             async for event in events:
                 print(format_event(event), flush=True)
                 if event.HasField("step_finished"):
-                    result = _decode_result(event.step_finished)
+                    result = _printable_result(event.step_finished)
                 finished = event.execution_finished
                 if event.HasField("execution_finished") and finished.error_kind:
                     kind = pb.ErrorKind.Name(finished.error_kind)
@@ -156,10 +156,14 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     return asyncio.run(_with_local_daemon(settings, 1, run_step))
 
 
-def _decode_result(finished: pb.StepFinished) -> object:
-    if finished.WhichOneof("result") == "binary":
-        return {"binary_base64": base64.b64encode(finished.binary).decode()}
-    return json.loads(finished.json or b"null")
+def _printable_result(finished: pb.StepFinished) -> object:
+    """The result as JSON can print it: a binary result as base64."""
+    from sandbox_client import decode_result
+
+    result = decode_result(finished)
+    if isinstance(result, bytes):
+        return {"binary_base64": base64.b64encode(result).decode()}
+    return result
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
