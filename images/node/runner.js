@@ -411,10 +411,18 @@ function captureStream(stream, level) {
 }
 
 // When a step is an ES module, compiling it as CommonJS first makes Node warn "To load an ES
-// module, set "type": "module" in the package.json ...". That compile is how the runner detects
-// ES modules, and a jail has no package.json to set, so the warning is only noise in the step's
-// logs. Node's own warning listeners are wrapped to drop it; every other warning passes.
-const ESM_HINT = 'To load an ES module';
+// module, set "type": "module" in the package.json ..." (Node 20) or "Failed to load the ES
+// module: ..." (Node 22). That compile is how the runner detects ES modules, and a jail has no
+// package.json to set, so the warning is only noise in the step's logs. Node's own warning
+// listeners are wrapped to drop it; every other warning passes.
+const ESM_HINTS = ['To load an ES module', 'Failed to load the ES module'];
+
+function isEsmHint(message) {
+  for (let i = 0; i < ESM_HINTS.length; i += 1) {
+    if (StringPrototypeStartsWith(message, ESM_HINTS[i])) return true;
+  }
+  return false;
+}
 
 function filterWarnings() {
   const listeners = process.listeners('warning');
@@ -423,7 +431,7 @@ function filterWarnings() {
     const listener = listeners[i];
     process.on('warning', function warning(value) {
       const message = safeGet(value, 'message');
-      if (typeof message === 'string' && StringPrototypeStartsWith(message, ESM_HINT)) return;
+      if (typeof message === 'string' && isEsmHint(message)) return;
       ReflectApply(listener, this, arguments);
     });
   }
