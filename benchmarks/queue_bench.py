@@ -16,7 +16,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -27,9 +26,9 @@ from typing import Any
 from benchmarks.stats import percentile
 from sandbox_client import Step
 from sandbox_client._queue import QueueClient
-from sandboxd.queue.__main__ import READY, command
 from sandboxd.queue.worker import QueueOptions
 from tests.redis_server import RedisServer
+from tests.workers import start_worker_process
 
 STEP = Step("double", "module.exports = async (ctx) => ctx.input.i * 2")
 TENANTS = 4
@@ -44,7 +43,7 @@ def workers(redis_url: str, count: int) -> Iterator[None]:
     processes = []
     try:
         for n in range(count):
-            argv = command(
+            process = start_worker_process(
                 redis_url,
                 f"bench{n}",
                 pool_size=POOL_SIZE,
@@ -52,11 +51,7 @@ def workers(redis_url: str, count: int) -> Iterator[None]:
                 uid_base=UID_BASE + 100 * n,
                 options=QueueOptions(),
             )
-            process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
             processes.append(process)
-            assert process.stdout is not None
-            if process.stdout.readline() != READY.format(f"bench{n}"):
-                raise RuntimeError(f"worker bench{n} did not start (exit {process.wait()})")
         yield
     finally:
         for process in processes:

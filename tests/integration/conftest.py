@@ -19,10 +19,9 @@ import pytest
 from sandbox_client._queue import QueueClient
 from sandboxd import config
 from sandboxd.daemon import Daemon
-from sandboxd.queue.__main__ import READY
-from sandboxd.queue.__main__ import command as worker_command
 from sandboxd.queue.worker import QueueOptions, QueueWorker
 from tests.redis_server import RedisServer
+from tests.workers import start_worker_process
 
 # Jails of the workers started here run as host uids from this base on, 100 per worker; above
 # the range of tests/conftest.py's daemon, so that both can run at once.
@@ -82,7 +81,7 @@ async def start_worker(redis_server: RedisServer) -> AsyncIterator[StartWorker]:
 
 @dataclass
 class WorkerProcess:
-    """A worker in its own process (`python -m sandboxd.queue`); its jails run as uid_base + n."""
+    """A worker in its own process (`sandboxd worker`); its jails run as uid_base + n."""
 
     process: subprocess.Popen[str]
     uid_base: int
@@ -103,7 +102,7 @@ def spawn_worker(redis_server: RedisServer) -> Iterator[SpawnWorker]:
 
     def spawn(worker_id: str, pool_max: int = POOL_MAX) -> WorkerProcess:
         uid_base = next(_uid_bases)
-        argv = worker_command(
+        process = start_worker_process(
             redis_server.url,
             worker_id,
             pool_size=1,
@@ -111,11 +110,8 @@ def spawn_worker(redis_server: RedisServer) -> Iterator[SpawnWorker]:
             uid_base=uid_base,
             options=TEST_OPTIONS,
         )
-        process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
         worker = WorkerProcess(process, uid_base, pool_max)
         spawned.append(worker)
-        assert process.stdout is not None
-        assert process.stdout.readline() == READY.format(worker_id)
         return worker
 
     yield spawn
