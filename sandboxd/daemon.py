@@ -155,7 +155,8 @@ class Daemon:
         """SERVING only while the pool can hand out jails and the daemon is not draining."""
         while True:
             assert self.service is not None
-            serving = self.service.status().serving and (self.queue is None or self.queue.connected)
+            # Not status(): that gathers host figures (psutil), which health does not need.
+            serving = self.service.serving and (self.queue is None or self.queue.connected)
             status = (
                 health_pb2.HealthCheckResponse.SERVING
                 if serving

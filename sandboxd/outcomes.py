@@ -6,6 +6,7 @@ import os
 import signal
 
 from sandboxd.channel import Frame
+from sandboxd.jail import seccomp
 from sandboxd.jail.cgroups import CgroupError, JailCgroup
 from sandboxd.v1 import sandbox_pb2 as pb
 
@@ -70,10 +71,10 @@ def classify_death(
     """
     if (cgroup is not None and cgroup.oom_killed()) or _HEAP_EXHAUSTED in output_tail:
         return StepFailure(pb.MEMORY_LIMIT, "the jail ran out of memory (its memory limit)")
+    if status is not None and seccomp.killed_by_policy(status):
+        return StepFailure(pb.POLICY_DENIED, "the step made a system call the policy forbids")
     if status is not None and os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
-        if sig == signal.SIGSYS:
-            return StepFailure(pb.POLICY_DENIED, "the step made a system call the policy forbids")
         # The runner is pid 1 of its namespace, which ignores the kernel's SIGXCPU at the soft
         # limit: RLIMIT_CPU ends it with SIGKILL at the hard limit. The kernel decides on
         # tick-sampled time, the cgroup counts exactly (up to ~10 % less): hence the margin.

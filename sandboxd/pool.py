@@ -51,7 +51,6 @@ class PooledJail:
     cgroup: JailCgroup | None
     uid: int
     start_s: float
-    leased_at: float = field(default=0.0)
 
     @property
     def jail_id(self) -> str:
@@ -224,7 +223,6 @@ class JailPool:
                 raise PoolClosed("the daemon is shutting down")
             jail = self._warm.popleft()
         self._leased += 1
-        jail.leased_at = time.monotonic()
         if jail.cgroup is not None:
             try:
                 jail.cgroup.set_cpu_weight(_NORMAL_CPU_WEIGHT)
@@ -245,7 +243,6 @@ class JailPool:
         except BaseException:
             self._leased -= 1
             raise
-        jail.leased_at = time.monotonic()
         return jail
 
     # -- starting and destroying -----------------------------------------------------------

@@ -135,13 +135,18 @@ class SandboxService(pb_grpc.SandboxServicer):
     def _queue_status(self) -> pb.QueueStatus | None:
         return None if self._queue is None else _queue_status_of(self._queue)
 
+    @property
+    def serving(self) -> bool:
+        """Not draining, and the pool can hand out jails."""
+        return not self.draining and self._executor.pool.usable
+
     def status(self) -> pb.Status:
         pool = self._executor.pool
         starts = sorted(pool.stats.start_times_s)
         memory = psutil.virtual_memory()
         return pb.Status(
             version=__version__,
-            serving=not self.draining and pool.usable,
+            serving=self.serving,
             pool=pb.PoolStatus(
                 warm=pool.warm,
                 leased=pool.leased,
