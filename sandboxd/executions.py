@@ -40,6 +40,7 @@ _OWN_EXIT_GRACE_S = 0.5
 # Parsing a result in the daemon costs ~10 ms per MiB, so larger ones are left to the client,
 # which reports an undecodable result as an error of the step's own making.
 _VALIDATED_JSON_BYTES = 1024 * 1024
+_INLINE_JSON_BYTES = 64 * 1024
 _QUEUE_DEPTH = 256
 _TRIM_AFTER_BYTES = 4 * 1024 * 1024
 _libc = ctypes.CDLL(None)
@@ -341,7 +342,12 @@ async def _result_problem(frame: Frame) -> str:
         return f"size {size!r} does not describe a body of {len(body)} bytes"
     if encoding == "json" and not kept and len(body) <= _VALIDATED_JSON_BYTES:
         try:
-            await asyncio.to_thread(json.loads, body)
+            # A thread hop costs more than parsing a small result; a large one would stall
+            # every other execution's events while it is parsed.
+            if len(body) <= _INLINE_JSON_BYTES:
+                json.loads(body)
+            else:
+                await asyncio.to_thread(json.loads, body)
         except ValueError as exc:  # UnicodeDecodeError included
             return f"the body is not JSON: {exc}"
     return ""
