@@ -141,7 +141,11 @@ async def test_global_pollution_and_tmp_files_do_not_reach_the_next_execution(
         logs = [e.log.text for e in events if e.HasField("log")]
         assert logs == ["still works"]
         finished = next(e.step_finished for e in events if e.HasField("step_finished"))
-        assert json.loads(finished.json) == {"tmp": [], "prototypeClean": True, "consoleIsTheRunners": True}
+        assert json.loads(finished.json) == {
+            "tmp": [],
+            "prototypeClean": True,
+            "consoleIsTheRunners": True,
+        }
 
 
 async def test_inside_the_jail(client: SandboxClient) -> None:
