@@ -20,7 +20,7 @@ from benchmarks import load, stats, workloads
 from benchmarks.plan import Plan
 from benchmarks.systems import Sample, SandboxdSystem
 from sandbox_client import SandboxError
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 # The flood needs a moment to fill the daemon before the quiet tenant's numbers mean anything.
 _FLOOD_RAMP_S = 0.5

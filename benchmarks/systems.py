@@ -28,7 +28,8 @@ from typing import IO, Any, Protocol
 from benchmarks.daemons import CpuTime, Daemon
 from benchmarks.workloads import Workload
 from sandbox_client import Limits, SandboxClient, SandboxError, decode_result
-from sandboxd.v1 import sandbox_pb2 as pb
+from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd.kinds import kind_name
 
 HARNESS = Path(__file__).with_name("harness.js")
 # No variable at all: this host sets NODE_EXTRA_CA_CERTS, which makes every Node start ~3x slower,
@@ -285,7 +286,7 @@ def _execution_error(
     if finished is None:
         return "the event stream ended before ExecutionFinished"
     if finished.status != pb.EXECUTION_STATUS_SUCCEEDED:
-        return f"{pb.ErrorKind.Name(finished.error_kind)}: {finished.error_message}"
+        return f"{kind_name(finished.error_kind)}: {finished.error_message}"
     if not steps or not workload.check(decode_result(steps[-1])):
         return "wrong result"
     return None

@@ -1,4 +1,4 @@
-"""sandboxd serve | worker | run | demo | status."""
+"""sandboxd serve | worker | run | demo | status | health."""
 
 from __future__ import annotations
 
@@ -15,11 +15,12 @@ from pathlib import Path
 
 from google.protobuf import json_format
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import config
 from sandboxd.config import ConfigError, Settings
 from sandboxd.daemon import Daemon
 from sandboxd.jail.errors import JailError
-from sandboxd.v1 import sandbox_pb2 as pb
+from sandboxd.kinds import kind_name
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +93,13 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", parents=[common], help="print a daemon's status")
     status.add_argument("--target", default="127.0.0.1:50051")
     status.set_defaults(handler=_status)
+
+    health = commands.add_parser(
+        "health", parents=[common], help="exit 0 if a daemon's gRPC health service is SERVING"
+    )
+    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    health.set_defaults(handler=_health)
     return parser
 
 
@@ -147,7 +155,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
                     result = _printable_result(event.step_finished)
                 finished = event.execution_finished
                 if event.HasField("execution_finished") and finished.error_kind:
-                    kind = pb.ErrorKind.Name(finished.error_kind)
+                    kind = kind_name(finished.error_kind)
                     print(f"error: {kind}: {finished.error_message}", file=sys.stderr)
                     return 1
         print(json.dumps(result))
@@ -179,6 +187,23 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
         status = client.status()
     print(json_format.MessageToJson(status, always_print_fields_with_no_presence=True))
     return 0
+
+
+def _health(args: argparse.Namespace, settings: Settings) -> int:
+    """The container's health check: one Check call of grpc.health.v1, no shell or curl."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        try:
+            answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
+        except grpc.RpcError as exc:
+            print(f"sandboxd health: {args.target}: {exc.code().name}", file=sys.stderr)
+            return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+    print(f"{args.target}: {status}")
+    return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 async def _with_local_daemon(

@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
+from sandbox_client.v1 import sandbox_pb2, sandbox_pb2_grpc
 from sandboxd.config import ConfigError, Settings
 from sandboxd.executions import Executor
 from sandboxd.jail import cgroups
@@ -28,12 +29,11 @@ from sandboxd.queue.worker import QueueOptions, QueueWorker, default_worker_id
 from sandboxd.server import SandboxService
 from sandboxd.telemetry import ExporterKind, Telemetry
 from sandboxd.tenants import Admission
-from sandboxd.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 80 * 1024 * 1024
-_SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"].full_name
+_SERVICE_NAME = sandbox_pb2.DESCRIPTOR.services_by_name["SandboxService"].full_name
 _HEALTH_INTERVAL_S = 1.0
 _TELEMETRY_FLUSH_S = 5.0
 _FINAL_EVENTS_S = 2.0
@@ -123,7 +123,14 @@ class Daemon:
             await self.queue.start()
             self._queue_depth_task = asyncio.create_task(self._watch_queue_depth(self.queue))
             self.telemetry.watch_queue(lambda: self._queue_depth)
-        self.service = SandboxService(settings, self.executor, cgroup_mode=mode, queue=self.queue)
+        transport = "unix" if settings.listen.startswith("unix:") else "insecure"
+        self.service = SandboxService(
+            settings,
+            self.executor,
+            cgroup_mode=mode,
+            transport_security=transport,
+            queue=self.queue,
+        )
         self._server = self._make_server(self.service)
         self.port = self._server.add_insecure_port(settings.listen)
         if not self.port:
@@ -144,7 +151,7 @@ class Daemon:
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
             ]
         )
-        sandbox_pb2_grpc.add_SandboxServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple, TextIO
 from xml.sax.saxutils import escape, quoteattr
 
 from sandbox_client import SandboxClient, SandboxError, Step, format_event, result_of
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 TENANT_ID = "demo"
 STEP_NAMES = ("fetch", "parse", "transform", "validate", "build_request", "summarise")

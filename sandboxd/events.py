@@ -7,11 +7,11 @@ from collections.abc import Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.channel import Frame
 from sandboxd.outcomes import StepFailure
 from sandboxd.redaction import Redactor
 from sandboxd.requests import StepPlan
-from sandboxd.v1 import sandbox_pb2 as pb
 
 # Results above this travel as ResultChunk events, so no gRPC message is huge.
 RESULT_CHUNK_BYTES = 1024 * 1024

@@ -20,16 +20,17 @@ import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.channel import Frame, ProtocolError
 from sandboxd.events import EventStamper
 from sandboxd.jail.errors import JailError
+from sandboxd.kinds import outcome_name
 from sandboxd.outcomes import RECOVERABLE, StepFailure, classify_death, runner_error
 from sandboxd.pool import JailPool, PoolClosed, PooledJail
 from sandboxd.redaction import Redactor
 from sandboxd.requests import ExecutionPlan, InvalidRequest, StepPlan
 from sandboxd.telemetry import Telemetry
 from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded
-from sandboxd.v1 import sandbox_pb2 as pb
 
 # Beyond the runner's own truncation, output is flooding the channel on purpose: stop the step.
 _FLOOD_FACTOR = 2
@@ -193,10 +194,10 @@ class Execution:
                 return
             except TimeoutError:
                 ms = round((self.plan.idle_timeout_s or 0) * 1000)
-                yield StepFailure(pb.TIMEOUT, f"the session was idle for {ms} ms")
+                yield StepFailure(pb.ERROR_KIND_TIMEOUT, f"the session was idle for {ms} ms")
                 return
             except InvalidRequest as exc:
-                yield StepFailure(pb.INVALID_REQUEST, str(exc))
+                yield StepFailure(pb.ERROR_KIND_INVALID_REQUEST, str(exc))
                 return
             yield step
 
@@ -249,7 +250,8 @@ class Execution:
             if budget.flooding:
                 jail.kill()
                 raise StepFailure(
-                    pb.OUTPUT_LIMIT, f"step wrote more than {limits.log_bytes} bytes of logs"
+                    pb.ERROR_KIND_OUTPUT_LIMIT,
+                    f"step wrote more than {limits.log_bytes} bytes of logs",
                 )
 
     def _logs(
@@ -264,7 +266,9 @@ class Execution:
             budget.truncated = True
             return [self._events.truncation(step, f"{step.limits.log_bytes} bytes")]
         else:
-            raise StepFailure(pb.CRASHED, f"the runner sent an unexpected {item.type!r} frame")
+            raise StepFailure(
+                pb.ERROR_KIND_CRASHED, f"the runner sent an unexpected {item.type!r} frame"
+            )
         if budget.admit(len(text)):
             return [self._events.log(step, level, text.decode(errors="replace"), ms)]
         if budget.truncated:
@@ -288,7 +292,7 @@ class Execution:
             jail.kill()
             limit = step.limits.timeout_ms
             raise StepFailure(
-                pb.TIMEOUT, f"step {step.name!r} ran past its time limit of {limit} ms"
+                pb.ERROR_KIND_TIMEOUT, f"step {step.name!r} ran past its time limit of {limit} ms"
             ) from None
         if item is None:
             raise await self._died(jail, output, "")
@@ -316,7 +320,7 @@ class Execution:
             status = await _exit_status(jail, _OWN_EXIT_GRACE_S)
         jail.kill()
         if self._cancelled:
-            return StepFailure(pb.CANCELLED, "the execution was cancelled")
+            return StepFailure(pb.ERROR_KIND_CANCELLED, "the execution was cancelled")
         if status is None:
             status = await _exit_status(jail, _EXIT_WAIT_S)
         cpu_limit_us = jail.jail.spec.limits.cpu_time_s * 1_000_000
@@ -388,7 +392,9 @@ class Executor:
         self.pool = pool
         self.admission = admission
         self.telemetry = telemetry
-        self.running: dict[str, Execution] = {}
+        # Running executions by tenant and id: ids are unique per tenant, and nothing about an
+        # execution can be reached without naming its tenant.
+        self.running: dict[tuple[str, str], Execution] = {}
         self.outcomes: collections.Counter[str] = collections.Counter()
 
     async def run(
@@ -396,17 +402,22 @@ class Executor:
         plan: ExecutionPlan,
         steps: AsyncIterator[StepPlan] | None = None,
         metadata: Sequence[tuple[str, str | bytes]] = (),
+        deadline: float | None = None,
     ) -> AsyncGenerator[pb.ExecutionEvent, None]:
         """The events of `plan` run in a fresh jail.
+
+        `deadline` is the caller's own (time.monotonic()); an execution it cuts short is counted
+        DEADLINE_EXCEEDED, one the caller abandons before it CANCELLED.
 
         Raises ExecutionAlreadyRunning for a duplicate id, QuotaExceeded / AdmissionClosed when
         admission refuses, CancelledError when cancelled before the execution started.
         """
-        if plan.execution_id in self.running:
+        key = (plan.tenant_id, plan.execution_id)
+        if key in self.running:
             raise ExecutionAlreadyRunning(f"execution {plan.execution_id} is already running")
         execution = Execution(plan, self.pool, steps)
         execution.waiting_task = asyncio.current_task()
-        self.running[plan.execution_id] = execution
+        self.running[key] = execution
         outcome = "CANCELLED"  # unless it finishes: the caller went away or cancelled it
         moved = len(plan.input)
         try:
@@ -426,13 +437,16 @@ class Executor:
             outcome = "UNAVAILABLE"
             raise
         finally:
+            if outcome == "CANCELLED" and deadline is not None and time.monotonic() >= deadline:
+                outcome = "DEADLINE_EXCEEDED"
             self.outcomes[outcome] += 1
-            del self.running[plan.execution_id]
+            del self.running[key]
             if moved >= _TRIM_AFTER_BYTES:
                 release_memory()
 
-    def cancel(self, execution_id: str) -> bool:
-        execution = self.running.get(execution_id)
+    def cancel(self, tenant_id: str, execution_id: str) -> bool:
+        """Cancel the tenant's execution; False when the tenant has none running by that id."""
+        execution = self.running.get((tenant_id, execution_id))
         if execution is not None:
             execution.cancel()
         return execution is not None
@@ -452,10 +466,3 @@ def release_memory() -> None:
     """
     gc.collect()
     _libc.malloc_trim(0)
-
-
-def outcome_name(finished: pb.ExecutionFinished) -> str:
-    """ "SUCCEEDED" or the ErrorKind name: the label of an execution's outcome."""
-    if finished.status == pb.EXECUTION_STATUS_SUCCEEDED:
-        return "SUCCEEDED"
-    return pb.ErrorKind.Name(finished.error_kind)

@@ -5,15 +5,15 @@ from __future__ import annotations
 import os
 import signal
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.channel import Frame
 from sandboxd.jail import seccomp
 from sandboxd.jail.cgroups import CgroupError, JailCgroup
-from sandboxd.v1 import sandbox_pb2 as pb
 
 _HEAP_EXHAUSTED = b"JavaScript heap out of memory"
 _CPU_LIMIT_MARGIN = 0.9
 # A failed step that leaves the runner healthy: a session may go on after it.
-RECOVERABLE = frozenset({pb.USER_ERROR, pb.RESULT_TOO_LARGE})
+RECOVERABLE = frozenset({pb.ERROR_KIND_USER_ERROR, pb.ERROR_KIND_RESULT_TOO_LARGE})
 
 
 class StepFailure(Exception):
@@ -28,9 +28,9 @@ class StepFailure(Exception):
 
 # What a runner may say of its step; anything else it claims is taken as the step's own error.
 _RUNNER_KINDS = {
-    "USER_ERROR": pb.USER_ERROR,
-    "RESULT_TOO_LARGE": pb.RESULT_TOO_LARGE,
-    "OUTPUT_LIMIT": pb.OUTPUT_LIMIT,
+    "USER_ERROR": pb.ERROR_KIND_USER_ERROR,
+    "RESULT_TOO_LARGE": pb.ERROR_KIND_RESULT_TOO_LARGE,
+    "OUTPUT_LIMIT": pb.ERROR_KIND_OUTPUT_LIMIT,
 }
 
 # Errors that a jail limit, not the step's logic, made a call fail with.
@@ -44,16 +44,18 @@ def runner_error(frame: Frame, cgroup: JailCgroup | None = None) -> StepFailure:
     failed with a file, descriptor or disk limit's errno) is RESOURCE_LIMIT, with its message.
     """
     claimed = frame.header.get("kind")
-    kind = _RUNNER_KINDS.get(str(claimed), pb.USER_ERROR)
+    kind = _RUNNER_KINDS.get(str(claimed), pb.ERROR_KIND_USER_ERROR)
     name = str(frame.header.get("name") or "")
     message = str(frame.header.get("message", ""))
     stack = str(frame.header.get("stack", ""))
     text = f"{name}: {message}" if name else message
-    if kind == pb.USER_ERROR and cgroup is not None and cgroup.pids_limit_hit():
+    if kind == pb.ERROR_KIND_USER_ERROR and cgroup is not None and cgroup.pids_limit_hit():
         text = f"the jail reached its process/thread limit: {text}"
-        return StepFailure(pb.RESOURCE_LIMIT, text, stack)
-    if kind == pb.USER_ERROR and frame.header.get("code") in _LIMIT_ERRNOS:
-        return StepFailure(pb.RESOURCE_LIMIT, f"the step reached a jail limit: {text}", stack)
+        return StepFailure(pb.ERROR_KIND_RESOURCE_LIMIT, text, stack)
+    if kind == pb.ERROR_KIND_USER_ERROR and frame.header.get("code") in _LIMIT_ERRNOS:
+        return StepFailure(
+            pb.ERROR_KIND_RESOURCE_LIMIT, f"the step reached a jail limit: {text}", stack
+        )
     return StepFailure(kind, text, stack)
 
 
@@ -70,9 +72,13 @@ def classify_death(
     that could not make a thread under the pids limit dies of SIGABRT.
     """
     if (cgroup is not None and cgroup.oom_killed()) or _HEAP_EXHAUSTED in output_tail:
-        return StepFailure(pb.MEMORY_LIMIT, "the jail ran out of memory (its memory limit)")
+        return StepFailure(
+            pb.ERROR_KIND_MEMORY_LIMIT, "the jail ran out of memory (its memory limit)"
+        )
     if status is not None and seccomp.killed_by_policy(status):
-        return StepFailure(pb.POLICY_DENIED, "the step made a system call the policy forbids")
+        return StepFailure(
+            pb.ERROR_KIND_POLICY_DENIED, "the step made a system call the policy forbids"
+        )
     if status is not None and os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         # The runner is pid 1 of its namespace, which ignores the kernel's SIGXCPU at the soft
@@ -84,10 +90,12 @@ def classify_death(
             and cpu_limit_us is not None
             and _cpu_used_us(cgroup) >= cpu_limit_us * _CPU_LIMIT_MARGIN
         ):
-            return StepFailure(pb.TIMEOUT, "the jail used up its cpu time limit")
+            return StepFailure(pb.ERROR_KIND_TIMEOUT, "the jail used up its cpu time limit")
     if cgroup is not None and cgroup.pids_limit_hit():
-        return StepFailure(pb.RESOURCE_LIMIT, "the jail reached its process/thread limit")
-    return StepFailure(pb.CRASHED, why or f"the runner died ({describe_status(status)})")
+        return StepFailure(
+            pb.ERROR_KIND_RESOURCE_LIMIT, "the jail reached its process/thread limit"
+        )
+    return StepFailure(pb.ERROR_KIND_CRASHED, why or f"the runner died ({describe_status(status)})")
 
 
 def _cpu_used_us(cgroup: JailCgroup | None) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -9,8 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.limits import LimitError, Limits, step_override
-from sandboxd.v1 import sandbox_pb2 as pb
 
 if TYPE_CHECKING:  # config imports this module's neighbours; only the type is needed here
     from sandboxd.config import Settings
@@ -21,7 +22,12 @@ EXECUTION_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
 class InvalidRequest(ValueError):
-    """The request cannot run as it is; the message says why."""
+    """The request cannot run as it is; the message says why, `field` where (a path such as
+    "steps[2].name", empty when the request as a whole is at fault)."""
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.field = field
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +60,12 @@ def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionP
     tenant_id, execution_id, limits = _identity_and_limits(request, settings)
     steps = _plan_steps(request.steps, limits, settings)
     returned = _returned_steps(request, steps)
+    _refuse_egress(request.egress)
     return ExecutionPlan(
-        execution_id=execution_id or uuid.uuid4().hex,
+        execution_id=execution_id or _new_execution_id(),
         tenant_id=tenant_id,
         steps=tuple(replace(step, return_result=step.name in returned) for step in steps),
-        input=_checked_input(request.input, settings.max_input_bytes),
+        input=_checked_input(request.input, settings.max_input_bytes, "input"),
         limits=limits,
         config_vars=dict(request.config_vars),
         credentials=dict(request.credentials),
@@ -74,28 +81,42 @@ def _identity_and_limits(
     try:
         limits = settings.defaults.override(request.limits, settings.ceilings)
     except LimitError as exc:
-        raise InvalidRequest(str(exc)) from None
+        raise InvalidRequest(str(exc), "limits") from None
     return tenant_id, execution_id, limits
+
+
+def _new_execution_id() -> str:
+    """An id nobody can guess (128 random bits), so no caller can name another's execution."""
+    return uuid.uuid4().hex
+
+
+def _refuse_egress(policy: pb.EgressPolicy) -> None:
+    if policy.allow:
+        raise InvalidRequest("egress is not enabled on this daemon", "egress.allow[0]")
 
 
 def _returned_steps(request: pb.ExecuteRequest, steps: tuple[StepPlan, ...]) -> set[str]:
     """The names of the steps whose results go back to the caller."""
     names = [step.name for step in steps]
     selection = request.return_results
-    if request.return_steps and selection != pb.RESULTS_NAMED:
-        raise InvalidRequest("return_steps needs return_results RESULTS_NAMED")
-    if selection == pb.RESULTS_ALL:
+    if request.return_steps and selection != pb.RESULT_SELECTION_NAMED:
+        raise InvalidRequest(
+            "return_steps needs return_results RESULT_SELECTION_NAMED", "return_results"
+        )
+    if selection in (pb.RESULT_SELECTION_UNSPECIFIED, pb.RESULT_SELECTION_ALL):
         return set(names)
-    if selection == pb.RESULTS_LAST:
+    if selection == pb.RESULT_SELECTION_LAST:
         return {names[-1]}
-    if selection == pb.RESULTS_NONE:
+    if selection == pb.RESULT_SELECTION_NONE:
         return set()
-    if selection == pb.RESULTS_NAMED:
+    if selection == pb.RESULT_SELECTION_NAMED:
         unknown = sorted(set(request.return_steps) - set(names))
         if unknown:
-            raise InvalidRequest(f"return_steps names no step of this execution: {unknown}")
+            raise InvalidRequest(
+                f"return_steps names no step of this execution: {unknown}", "return_steps"
+            )
         return set(request.return_steps)
-    raise InvalidRequest(f"unknown return_results value {selection}")
+    raise InvalidRequest(f"unknown return_results value {selection}", "return_results")
 
 
 def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
@@ -103,10 +124,13 @@ def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
     tenant_id, execution_id, limits = _identity_and_limits(request, settings)
     max_steps = request.max_steps or settings.max_session_steps
     if max_steps > settings.max_session_steps:
-        raise InvalidRequest(f"max_steps {max_steps} is above {settings.max_session_steps}")
+        raise InvalidRequest(
+            f"max_steps {max_steps} is above {settings.max_session_steps}", "open.max_steps"
+        )
+    _refuse_egress(request.egress)
     idle_ms = request.idle_timeout_ms
     return ExecutionPlan(
-        execution_id=execution_id or uuid.uuid4().hex,
+        execution_id=execution_id or _new_execution_id(),
         tenant_id=tenant_id,
         steps=(),
         input=b"null",
@@ -124,18 +148,11 @@ def plan_session_step(
 ) -> StepPlan:
     """One step of a session, checked like an Execute step; its input is already assembled."""
     if index >= plan.max_steps:
-        raise InvalidRequest(f"the session reached its limit of {plan.max_steps} steps")
-    _check_step(index, request.name, request.code, settings)
-    try:
-        limits = step_override(plan.limits, request.limits, settings.ceilings)
-    except LimitError as exc:
-        raise InvalidRequest(f"step {request.name!r}: {exc}") from None
-    return StepPlan(
-        index=index,
-        name=request.name,
-        code=request.code,
-        limits=limits,
-        input=_checked_input(raw_input, settings.max_input_bytes),
+        raise InvalidRequest(f"the session reached its limit of {plan.max_steps} steps", "step")
+    step = _checked_step(index, request, plan.limits, settings, field="step")
+    return replace(
+        step,
+        input=_checked_input(raw_input, settings.max_input_bytes, "step.input"),
         return_result=not request.keep_result,
     )
 
@@ -143,10 +160,10 @@ def plan_session_step(
 def _checked_id(what: str, value: str, pattern: re.Pattern[str], *, required: bool) -> str:
     if not value:
         if required:
-            raise InvalidRequest(f"{what} is required")
+            raise InvalidRequest(f"{what} is required", what)
         return ""
     if not pattern.fullmatch(value):
-        raise InvalidRequest(f"{what} {value[:80]!r} must match {pattern.pattern}")
+        raise InvalidRequest(f"{what} {value[:80]!r} must match {pattern.pattern}", what)
     return value
 
 
@@ -154,65 +171,127 @@ def _plan_steps(
     steps: Sequence[pb.Step], limits: Limits, settings: Settings
 ) -> tuple[StepPlan, ...]:
     if not steps:
-        raise InvalidRequest("an execution needs at least one step")
+        raise InvalidRequest("an execution needs at least one step", "steps")
     if len(steps) > settings.max_steps:
-        raise InvalidRequest(f"{len(steps)} steps; at most {settings.max_steps} are allowed")
+        raise InvalidRequest(
+            f"{len(steps)} steps; at most {settings.max_steps} are allowed", "steps"
+        )
     seen: set[str] = set()
     plans = []
     for index, step in enumerate(steps):
-        if not STEP_NAME.fullmatch(step.name):
-            raise InvalidRequest(
-                f"step {index}: name {step.name[:80]!r} must match {STEP_NAME.pattern}"
-            )
+        plan = _checked_step(index, step, limits, settings, field=f"steps[{index}]")
         if step.name in seen:
-            raise InvalidRequest(f"step {index}: duplicate step name {step.name!r}")
+            raise InvalidRequest(
+                f"step {index}: duplicate step name {step.name!r}", f"steps[{index}].name"
+            )
         seen.add(step.name)
-        if not step.code.strip():
-            raise InvalidRequest(f"step {step.name!r}: code is empty")
-        if len(step.code.encode()) > settings.max_code_bytes:
-            raise InvalidRequest(f"step {step.name!r}: code over {settings.max_code_bytes} bytes")
-        try:
-            step_limits = step_override(limits, step.limits, settings.ceilings)
-        except LimitError as exc:
-            raise InvalidRequest(f"step {step.name!r}: {exc}") from None
-        plans.append(StepPlan(index, step.name, step.code, step_limits))
+        plans.append(plan)
     return tuple(plans)
 
 
-def _check_step(index: int, name: str, code: str, settings: Settings) -> None:
-    if not STEP_NAME.fullmatch(name):
-        raise InvalidRequest(f"step {index}: name {name[:80]!r} must match {STEP_NAME.pattern}")
-    if not code.strip():
-        raise InvalidRequest(f"step {name!r}: code is empty")
-    if len(code.encode()) > settings.max_code_bytes:
-        raise InvalidRequest(f"step {name!r}: code over {settings.max_code_bytes} bytes")
+def _checked_step(
+    index: int, step: pb.Step | pb.SessionStep, limits: Limits, settings: Settings, field: str
+) -> StepPlan:
+    """One step's name, code and limits checked; `field` is where the step is in the request."""
+    if not STEP_NAME.fullmatch(step.name):
+        raise InvalidRequest(
+            f"step {index}: name {step.name[:80]!r} must match {STEP_NAME.pattern}",
+            f"{field}.name",
+        )
+    if not step.code.strip():
+        raise InvalidRequest(f"step {step.name!r}: code is empty", f"{field}.code")
+    if len(step.code.encode()) > settings.max_code_bytes:
+        raise InvalidRequest(
+            f"step {step.name!r}: code over {settings.max_code_bytes} bytes", f"{field}.code"
+        )
+    try:
+        step_limits = step_override(limits, step.limits, settings.ceilings)
+    except LimitError as exc:
+        raise InvalidRequest(f"step {step.name!r}: {exc}", f"{field}.limits") from None
+    return StepPlan(index, step.name, step.code, step_limits)
 
 
 class ChunkedInput:
-    """An input sent in pieces, refused as soon as it passes the limit."""
+    """An input sent in pieces, checked as it comes: every piece at the offset where the last one
+    ended, the first declaring the whole length (refused at once when over the limit), nothing
+    after the piece marked last, and, when the first piece carries one, the SHA-256 of the whole.
+    """
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, field: str):
         self._max_bytes = max_bytes
+        self._field = field
         self._parts: list[bytes] = []
         self._size = 0
+        self._total = -1
+        self._digest = b""
+        self._complete = False
 
-    def add(self, data: bytes) -> None:
-        self._size += len(data)
-        if self._size > self._max_bytes:
-            raise InvalidRequest(f"input is over the limit of {self._max_bytes} bytes")
-        self._parts.append(data)
+    def add(self, chunk: pb.InputChunk) -> bool:
+        """Take the next piece; whether the input is now complete."""
+        if self._complete:
+            raise self._invalid("an input chunk came after the chunk marked last")
+        if chunk.offset != self._size:
+            raise self._invalid(
+                f"an input chunk starts at offset {chunk.offset}, expected {self._size}"
+            )
+        if self._total < 0:
+            self._declare(chunk)
+        self._size += len(chunk.data)
+        if self._size > self._total:
+            raise self._invalid(f"the input is longer than its declared {self._total} bytes")
+        self._parts.append(chunk.data)
+        if chunk.last:
+            self._finish()
+        return self._complete
 
     def value(self) -> bytes:
+        """The whole input; InvalidRequest when the piece marked last never came."""
+        if not self._complete:
+            raise self._invalid("the input ended without a chunk marked last")
         return b"".join(self._parts)
 
+    def _declare(self, first: pb.InputChunk) -> None:
+        if not first.total_bytes and not (first.last and not first.data):
+            raise self._invalid("the first input chunk must declare total_bytes")
+        if first.total_bytes > self._max_bytes:
+            raise self._invalid(
+                f"input of {first.total_bytes} bytes is over the limit of {self._max_bytes} bytes"
+            )
+        if first.sha256 and len(first.sha256) != hashlib.sha256().digest_size:
+            raise self._invalid("sha256 must be 32 bytes")
+        self._total = first.total_bytes
+        self._digest = first.sha256
 
-def _checked_input(raw: bytes, max_bytes: int) -> bytes:
+    def _finish(self) -> None:
+        if self._size != self._total:
+            raise self._invalid(
+                f"the input ended after {self._size} of its declared {self._total} bytes"
+            )
+        if self._digest and hashlib.sha256(b"".join(self._parts)).digest() != self._digest:
+            raise self._invalid("the input does not match its sha256")
+        self._complete = True
+
+    def _invalid(self, message: str) -> InvalidRequest:
+        return InvalidRequest(message, self._field)
+
+
+def _reject_constant(name: str) -> object:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _checked_input(raw: bytes, max_bytes: int, field: str) -> bytes:
+    """`raw` if it is JSON the runner parses the same way: UTF-8 (no other encoding, no byte
+    order mark) and RFC 8259 (no NaN or Infinity); "null" when empty."""
     if len(raw) > max_bytes:
-        raise InvalidRequest(f"input of {len(raw)} bytes is over the limit of {max_bytes} bytes")
+        raise InvalidRequest(
+            f"input of {len(raw)} bytes is over the limit of {max_bytes} bytes", field
+        )
     if not raw:
         return b"null"
     try:
-        json.loads(raw)
+        json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"input is not valid UTF-8 JSON: {exc}") from None
+        raise InvalidRequest(f"input is not valid UTF-8 JSON: {exc}", field) from None
+    except RecursionError:
+        raise InvalidRequest("input is nested too deeply", field) from None
     return raw

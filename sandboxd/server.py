@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import grpc
 import psutil
 
+from sandbox_client.v1 import sandbox_pb2 as pb
+from sandbox_client.v1 import sandbox_pb2_grpc as pb_grpc
 from sandboxd import __version__
 from sandboxd.config import Settings
 from sandboxd.executions import ExecutionAlreadyRunning, Executor
 from sandboxd.jail.errors import JailError
+from sandboxd.kinds import kind_name
 from sandboxd.pool import PoolClosed
 from sandboxd.queue.worker import QueueWorker
+from sandboxd.refusals import Refusal, refuse
 from sandboxd.requests import (
     ChunkedInput,
     ExecutionPlan,
@@ -24,65 +29,59 @@ from sandboxd.requests import (
     plan_session_step,
 )
 from sandboxd.tenants import AdmissionClosed, QuotaExceeded
-from sandboxd.v1 import sandbox_pb2 as pb
-from sandboxd.v1 import sandbox_pb2_grpc as pb_grpc
 
-ERROR_KIND_KEY = "sandboxd-error-kind"
-RETRY_AFTER_KEY = "sandboxd-retry-after-ms"
+log = logging.getLogger(__name__)
 
-
-async def abort(
-    context: grpc.aio.ServicerContext, code: grpc.StatusCode, kind: int, message: str
-) -> None:
-    """End the RPC with `code`, naming the ErrorKind in the trailing metadata."""
-    context.set_trailing_metadata(((ERROR_KIND_KEY, pb.ErrorKind.Name(kind)),))
-    await context.abort(code, message)
+# A draining daemon or one that cannot start jails: another daemon may take the request now.
+_UNAVAILABLE_RETRY_S = 1.0
 
 
-class SandboxService(pb_grpc.SandboxServicer):
+class SandboxService(pb_grpc.SandboxServiceServicer):
     def __init__(
         self,
         settings: Settings,
         executor: Executor,
         *,
         cgroup_mode: str,
+        transport_security: str,
         queue: QueueWorker | None = None,
     ):
         self._settings = settings
         self._executor = executor
         self._cgroup_mode = cgroup_mode
+        self._transport_security = transport_security
         self._queue = queue
         self._started_at = time.monotonic()
         self.draining = False
 
     async def Execute(
         self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ExecutionEvent]:
+    ) -> AsyncIterator[pb.ExecuteResponse]:
         async for event in self._execute(context, lambda: _planned(request, self._settings)):
-            yield event
+            yield pb.ExecuteResponse(event=event)
 
     async def ExecuteChunked(
-        self, parts: AsyncIterator[pb.ExecuteUpload], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ExecutionEvent]:
+        self, parts: AsyncIterator[pb.ExecuteChunkedRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ExecuteChunkedResponse]:
         async def plan() -> tuple[ExecutionPlan, None]:
-            request = await _uploaded_request(parts, self._settings.max_input_bytes)
+            request = await _uploaded_request(parts, self._settings.max_input_bytes, context)
             return plan_execution(request, self._settings), None
 
         async for event in self._execute(context, plan):
-            yield event
+            yield pb.ExecuteChunkedResponse(event=event)
 
     async def Session(
         self, parts: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ExecutionEvent]:
+    ) -> AsyncIterator[pb.SessionResponse]:
         async def plan() -> tuple[ExecutionPlan, AsyncIterator[StepPlan]]:
             first = await anext(parts, None)
             if first is None or not first.HasField("open"):
-                raise InvalidRequest("a session starts with an `open` message")
+                raise InvalidRequest("a session starts with an `open` message", "open")
             session = plan_session(first.open, self._settings)
             return session, _session_steps(parts, session, self._settings)
 
         async for event in self._execute(context, plan):
-            yield event
+            yield pb.SessionResponse(event=event)
 
     async def _execute(
         self,
@@ -93,43 +92,56 @@ class SandboxService(pb_grpc.SandboxServicer):
         try:
             planned, steps = await plan()
         except InvalidRequest as exc:
-            self._executor.outcomes["INVALID_REQUEST"] += 1  # never reaches the executor
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, pb.INVALID_REQUEST, str(exc))
+            self._executor.outcomes[kind_name(pb.ERROR_KIND_INVALID_REQUEST)] += 1
+            await refuse(context, _invalid(exc))
             return
         if self.draining:
-            await abort(
-                context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, "the daemon is draining"
-            )
+            await refuse(context, _unavailable("the daemon is draining"))
             return
         try:
-            async for event in self._executor.run(planned, steps, _metadata(context)):
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            events = self._executor.run(planned, steps, _metadata(context), deadline)
+            async for event in events:
                 yield event
         except QuotaExceeded as exc:
-            context.set_trailing_metadata(
-                (
-                    (ERROR_KIND_KEY, pb.ErrorKind.Name(pb.QUOTA_EXCEEDED)),
-                    (RETRY_AFTER_KEY, str(round(exc.retry_after_s * 1000))),
-                )
+            await refuse(
+                context,
+                Refusal(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    pb.ERROR_KIND_QUOTA_EXCEEDED,
+                    str(exc),
+                    retry_after_s=exc.retry_after_s,
+                ),
             )
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
-        except AdmissionClosed as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, str(exc))
         except ExecutionAlreadyRunning as exc:
-            await abort(context, grpc.StatusCode.ALREADY_EXISTS, pb.INVALID_REQUEST, str(exc))
-        except PoolClosed as exc:
-            await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, str(exc))
+            refusal = Refusal(
+                grpc.StatusCode.ALREADY_EXISTS,
+                pb.ERROR_KIND_INVALID_REQUEST,
+                str(exc),
+                field="execution_id",
+            )
+            await refuse(context, refusal)
+        except (AdmissionClosed, PoolClosed) as exc:
+            await refuse(context, _unavailable(str(exc)))
         except JailError as exc:
-            message = f"could not start a jail: {exc}"
-            await abort(context, grpc.StatusCode.UNAVAILABLE, pb.UNAVAILABLE, message)
+            log.warning("execution %s: could not start a jail: %s", planned.execution_id, exc)
+            await refuse(context, _unavailable("could not start a jail"))
 
     async def Cancel(
         self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
-        return pb.CancelResponse(found=self._executor.cancel(request.execution_id))
+        if not request.tenant_id or not request.execution_id:
+            await refuse(
+                context,
+                _invalid(InvalidRequest("Cancel names a tenant_id and an execution_id")),
+            )
+        found = self._executor.cancel(request.tenant_id, request.execution_id)
+        return pb.CancelResponse(found=found)
 
     async def GetStatus(
         self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
-    ) -> pb.Status:
+    ) -> pb.GetStatusResponse:
         return self.status()
 
     def _queue_status(self) -> pb.QueueStatus | None:
@@ -140,11 +152,11 @@ class SandboxService(pb_grpc.SandboxServicer):
         """Not draining, and the pool can hand out jails."""
         return not self.draining and self._executor.pool.usable
 
-    def status(self) -> pb.Status:
+    def status(self) -> pb.GetStatusResponse:
         pool = self._executor.pool
         starts = sorted(pool.stats.start_times_s)
         memory = psutil.virtual_memory()
-        return pb.Status(
+        return pb.GetStatusResponse(
             version=__version__,
             serving=self.serving,
             pool=pb.PoolStatus(
@@ -171,6 +183,7 @@ class SandboxService(pb_grpc.SandboxServicer):
             memory_available_bytes=memory.available,
             daemon_rss_bytes=psutil.Process().memory_info().rss,
             queue=self._queue_status(),
+            transport_security=self._transport_security,
         )
 
 
@@ -197,22 +210,25 @@ async def _planned(
 
 
 async def _uploaded_request(
-    parts: AsyncIterator[pb.ExecuteUpload], max_input_bytes: int
+    parts: AsyncIterator[pb.ExecuteChunkedRequest],
+    max_input_bytes: int,
+    context: grpc.aio.ServicerContext,
 ) -> pb.ExecuteRequest:
-    """The request of an ExecuteChunked call with its input put back together."""
+    """The request of an ExecuteChunked call with its input put back together.
+
+    The daemon sends its initial metadata once the first chunk's declared length is accepted:
+    a client waits for it before streaming the rest, so a refused upload ends before megabytes
+    are in flight (gRPC reports a call the server ended during a client's write as INTERNAL).
+    """
     first = await anext(parts, None)
     if first is None or not first.HasField("request"):
-        raise InvalidRequest("ExecuteChunked starts with the request")
+        raise InvalidRequest("ExecuteChunked starts with the request", "request")
     request = first.request
-    upload = ChunkedInput(max_input_bytes)
-    upload.add(request.input)
-    async for part in parts:
-        if not part.HasField("input_chunk"):
-            raise InvalidRequest("ExecuteChunked takes one request, then input chunks")
-        upload.add(part.input_chunk.data)
-        if part.input_chunk.last:
-            break
-    request.input = upload.value()
+    if request.input:
+        raise InvalidRequest("with ExecuteChunked the input travels in input chunks", "input")
+    request.input = await _chunked_input(
+        parts, max_input_bytes, "input_chunk", accepted=lambda: context.send_initial_metadata(())
+    )
     return request
 
 
@@ -223,27 +239,55 @@ async def _session_steps(
     index = 0
     async for part in parts:
         if not part.HasField("step"):
-            raise InvalidRequest("expected a step (input chunks follow a step with input_chunked)")
+            raise InvalidRequest(
+                "expected a step (input chunks follow a step with input_chunked)", "step"
+            )
         step = part.step
         raw_input = step.input
         if step.input_chunked:
-            raw_input = await _step_input(parts, step.input, settings.max_input_bytes)
+            if raw_input:
+                raise InvalidRequest(
+                    "a step with input_chunked sends its input in chunks only", "step.input"
+                )
+            raw_input = await _chunked_input(parts, settings.max_input_bytes, "input_chunk")
         yield plan_session_step(step, index, plan, settings, raw_input)
         index += 1
 
 
-async def _step_input(
-    parts: AsyncIterator[pb.SessionRequest], first: bytes, max_bytes: int
+async def _chunked_input(
+    parts: AsyncIterator[pb.ExecuteChunkedRequest] | AsyncIterator[pb.SessionRequest],
+    max_bytes: int,
+    field: str,
+    accepted: Callable[[], Awaitable[None]] | None = None,
 ) -> bytes:
-    upload = ChunkedInput(max_bytes)
-    upload.add(first)
+    """Input chunks up to the one marked last, checked (offsets, length, digest) as they come;
+    `accepted` is awaited once the first chunk's declared length is within the limit."""
+    upload = ChunkedInput(max_bytes, field)
     async for part in parts:
         if not part.HasField("input_chunk"):
-            raise InvalidRequest("a chunked step input ends with a chunk marked last")
-        upload.add(part.input_chunk.data)
-        if part.input_chunk.last:
+            raise InvalidRequest("the input ended without a chunk marked last", field)
+        complete = upload.add(part.input_chunk)
+        if accepted is not None:
+            await accepted()
+            accepted = None
+        if complete:
             return upload.value()
-    raise InvalidRequest("the session closed inside a chunked step input")
+    return upload.value()
+
+
+def _invalid(exc: InvalidRequest) -> Refusal:
+    return Refusal(
+        grpc.StatusCode.INVALID_ARGUMENT, pb.ERROR_KIND_INVALID_REQUEST, str(exc), field=exc.field
+    )
+
+
+def _unavailable(message: str) -> Refusal:
+    return Refusal(
+        grpc.StatusCode.UNAVAILABLE,
+        pb.ERROR_KIND_UNAVAILABLE,
+        message,
+        retry_after_s=_UNAVAILABLE_RETRY_S,
+    )
 
 
 def _percentile(sorted_values: list[float], fraction: float) -> float:

@@ -40,18 +40,18 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import __version__
 from sandboxd.jail.errors import JailError
+from sandboxd.kinds import SUCCEEDED, kind_name, outcome_name
 from sandboxd.pool import PoolClosed
 from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan
 from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded, TenantLoad
-from sandboxd.v1 import sandbox_pb2 as pb
 
 ExporterKind = Literal["none", "console", "otlp"]
 EXPORTERS: tuple[str, ...] = get_args(ExporterKind)
 
-SUCCEEDED = "SUCCEEDED"
 _SHORT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LONG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -382,7 +382,7 @@ class ExecutionObserver:
         self._end_step(SUCCEEDED, attributes, at_ns, duration_s=finished.usage.duration_us / 1e6)
 
     def _step_failed(self, failed: pb.StepFailed, at_ns: int) -> None:
-        self._end_step(pb.ErrorKind.Name(failed.kind), {}, at_ns)
+        self._end_step(kind_name(failed.kind), {}, at_ns)
 
     def _end_step(
         self, outcome: str, attributes: dict[str, int], at_ns: int, duration_s: float | None = None
@@ -402,7 +402,7 @@ class ExecutionObserver:
 
     def _finished(self, finished: pb.ExecutionFinished, at_ns: int) -> None:
         attributes: dict[str, str | int] = {
-            "execution.outcome": _finished_outcome(finished),
+            "execution.outcome": outcome_name(finished),
             "execution.steps_completed": finished.steps_completed,
             **_usage_attributes(finished.usage),
         }
@@ -424,24 +424,18 @@ class ExecutionObserver:
         )
 
 
-def _finished_outcome(finished: pb.ExecutionFinished) -> str:
-    if finished.status == pb.EXECUTION_STATUS_SUCCEEDED:
-        return SUCCEEDED
-    return pb.ErrorKind.Name(finished.error_kind)
-
-
 def _outcome_of(error: BaseException | None) -> str:
     """The ErrorKind name of an execution that ended by `error` instead of ExecutionFinished."""
     if isinstance(error, QuotaExceeded):
-        kind = pb.QUOTA_EXCEEDED
+        kind = pb.ERROR_KIND_QUOTA_EXCEEDED
     elif isinstance(error, AdmissionClosed | PoolClosed | JailError):
-        kind = pb.UNAVAILABLE
+        kind = pb.ERROR_KIND_UNAVAILABLE
     elif error is None or isinstance(error, asyncio.CancelledError | GeneratorExit):
         # No error and no ExecutionFinished: the consumer stopped reading (it went away).
-        kind = pb.CANCELLED
+        kind = pb.ERROR_KIND_CANCELLED
     else:
-        kind = pb.INTERNAL
-    return pb.ErrorKind.Name(kind)
+        kind = pb.ERROR_KIND_INTERNAL
+    return kind_name(kind)
 
 
 def _status(outcome: str) -> Status:

@@ -1,36 +1,43 @@
 """Large payloads on the stream: inputs sent in pieces, results put back together.
 
 No gRPC message carries more than about 1 MiB of payload: the daemon sends a large result as
-ResultChunk events before its StepFinished, and the client sends a large input as Chunk parts.
+ResultChunk events before its StepFinished, and the client sends a large input as InputChunk parts.
 Both happen here, so callers see whole inputs and results.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 CHUNK_BYTES = 1024 * 1024
 
 
-def pieces(data: bytes) -> Iterator[sandbox_pb2.Chunk]:
-    """`data` as ordered chunks, the last one marked."""
-    offsets = range(0, len(data), CHUNK_BYTES)
+def pieces(data: bytes) -> Iterator[sandbox_pb2.InputChunk]:
+    """`data` as chunks with their offsets, the first declaring the total length and the
+    SHA-256 of the whole, the last one marked (an empty input is one empty chunk)."""
+    offsets = range(0, max(1, len(data)), CHUNK_BYTES)
     for offset in offsets:
-        piece = data[offset : offset + CHUNK_BYTES]
-        yield sandbox_pb2.Chunk(data=piece, last=offset == offsets[-1])
+        chunk = sandbox_pb2.InputChunk(
+            offset=offset, data=data[offset : offset + CHUNK_BYTES], last=offset == offsets[-1]
+        )
+        if offset == 0:
+            chunk.total_bytes = len(data)
+            chunk.sha256 = hashlib.sha256(data).digest()
+        yield chunk
 
 
-def upload(request: sandbox_pb2.ExecuteRequest) -> Iterator[sandbox_pb2.ExecuteUpload]:
+def upload(request: sandbox_pb2.ExecuteRequest) -> Iterator[sandbox_pb2.ExecuteChunkedRequest]:
     """The messages of an ExecuteChunked call: the request without its input, then the input."""
     data = request.input
     head = sandbox_pb2.ExecuteRequest()
     head.CopyFrom(request)
     head.input = b""
-    yield sandbox_pb2.ExecuteUpload(request=head)
+    yield sandbox_pb2.ExecuteChunkedRequest(request=head)
     for chunk in pieces(data):
-        yield sandbox_pb2.ExecuteUpload(input_chunk=chunk)
+        yield sandbox_pb2.ExecuteChunkedRequest(input_chunk=chunk)
 
 
 class Reassembler:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import itertools
 from collections.abc import (
     AsyncGenerator,
     AsyncIterator,
@@ -23,7 +25,7 @@ from sandbox_client._errors import error_from_rpc
 from sandbox_client._events import result_of
 from sandbox_client._request import Limits, ReturnResults, Step, execute_request
 from sandbox_client._session import Session, open_message
-from sandboxd.v1 import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client.v1 import sandbox_pb2, sandbox_pb2_grpc
 
 _P = ParamSpec("_P")
 
@@ -95,7 +97,7 @@ class SandboxClient(AsyncClosing):
         else:
             self._channel = grpc.aio.secure_channel(target, channel_credentials, options=merged)
         # The generated stub has no annotations; its methods return grpc.aio calls.
-        self._stub = sandbox_pb2_grpc.SandboxStub(self._channel)  # type: ignore[no-untyped-call]
+        self._stub = sandbox_pb2_grpc.SandboxServiceStub(self._channel)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
         """Close the channel; RPCs still running are cancelled."""
@@ -138,7 +140,7 @@ class SandboxClient(AsyncClosing):
                 names; the others stay in the jail (later steps still read them) and their
                 StepFinished carries only the size.
             timeout: seconds until the gRPC deadline; the execution is cancelled then and the
-                error kind is TIMEOUT.
+                error kind is DEADLINE_EXCEEDED.
             metadata: extra gRPC request metadata.
         """
         request = execute_request(
@@ -152,15 +154,17 @@ class SandboxClient(AsyncClosing):
             limits=limits,
             return_results=return_results,
         )
-        call = (
-            self._stub.ExecuteChunked(upload(request), timeout=timeout, metadata=metadata)
-            if len(request.input) > CHUNK_BYTES
-            else self._stub.Execute(request, timeout=timeout, metadata=metadata)
-        )
+        writer: asyncio.Task[None] | None = None
+        if len(request.input) > CHUNK_BYTES:
+            call = self._stub.ExecuteChunked(timeout=timeout, metadata=metadata)
+            writer = asyncio.create_task(_upload(call, request))
+        else:
+            call = self._stub.Execute(request, timeout=timeout, metadata=metadata)
         known_id = execution_id
         results = Reassembler()
         try:
-            async for received in call:
+            async for response in call:
+                received = response.event
                 known_id = received.execution_id or known_id
                 if (event := results.feed(received)) is not None:
                     yield event
@@ -168,6 +172,9 @@ class SandboxClient(AsyncClosing):
             raise error_from_rpc(error, known_id) from error
         finally:
             call.cancel()
+            if writer is not None:
+                writer.cancel()
+                await asyncio.gather(writer, return_exceptions=True)
 
     run = _returning_result(execute)
 
@@ -195,21 +202,42 @@ class SandboxClient(AsyncClosing):
         )
         return Session(self._stub.Session(metadata=metadata), message)
 
-    async def status(self, *, timeout: float | None = None) -> sandbox_pb2.Status:
+    async def status(self, *, timeout: float | None = None) -> sandbox_pb2.GetStatusResponse:
         """The daemon's pool, queue and host figures."""
         with _translated():
-            status: sandbox_pb2.Status = await self._stub.GetStatus(
+            status: sandbox_pb2.GetStatusResponse = await self._stub.GetStatus(
                 sandbox_pb2.GetStatusRequest(), timeout=timeout
             )
         return status
 
-    async def cancel(self, execution_id: str, *, timeout: float | None = None) -> bool:
-        """Kill a running execution's jail (it ends CANCELLED); False when no such execution runs.
+    async def cancel(
+        self, tenant_id: str, execution_id: str, *, timeout: float | None = None
+    ) -> bool:
+        """Kill a running execution's jail (it ends CANCELLED); False when the tenant has no
+        running execution with that id.
 
         Works from any client connected to the daemon that runs the execution.
         """
+        request = sandbox_pb2.CancelRequest(tenant_id=tenant_id, execution_id=execution_id)
         with _translated(execution_id):
-            response: sandbox_pb2.CancelResponse = await self._stub.Cancel(
-                sandbox_pb2.CancelRequest(execution_id=execution_id), timeout=timeout
-            )
+            response: sandbox_pb2.CancelResponse = await self._stub.Cancel(request, timeout=timeout)
         return response.found
+
+
+async def _upload(call: Any, request: sandbox_pb2.ExecuteRequest) -> None:
+    """Write an ExecuteChunked upload: the request and the first chunk, then, once the daemon
+    has accepted the declared length (it sends its initial metadata), the rest.
+
+    A daemon that refuses the upload ends the call before the megabytes are sent, and its status
+    reaches the reader intact (gRPC turns a call ended during a client's write into INTERNAL).
+    """
+    messages = upload(request)
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        for message in itertools.islice(messages, 2):
+            await call.write(message)
+        await call.initial_metadata()
+        if call.done():
+            return
+        for message in messages:
+            await call.write(message)
+        await call.done_writing()

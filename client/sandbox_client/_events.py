@@ -7,7 +7,7 @@ from collections.abc import AsyncIterable
 from typing import Any
 
 from sandbox_client._errors import ErrorKind, SandboxError
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 
 def decode_result(finished: sandbox_pb2.StepFinished) -> Any:

@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sandbox_client._errors import ErrorKind
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 _SUBJECT_WIDTH = 14
 _EXECUTION = "execution"

@@ -27,10 +27,10 @@ from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import result_of
 from sandbox_client._request import Limits, Step, execute_request
+from sandbox_client.v1 import sandbox_pb2
 from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
 from sandboxd.queue.store import BLOCK_MS, REDIS_DOWN, DeadLetter, QueueDepth, QueueStore
-from sandboxd.v1 import sandbox_pb2
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -159,14 +159,14 @@ class QueueClient(AsyncClosing):
     async def wait(self, execution_id: str, *, timeout: float | None = None) -> Any:
         """The last step's result, as :meth:`SandboxClient.run` returns it; raises SandboxError.
 
-        ``timeout`` bounds the wait only (kind TIMEOUT); the execution goes on.
+        ``timeout`` bounds the wait only (kind DEADLINE_EXCEEDED); the execution goes on.
         """
         try:
             async with asyncio.timeout(timeout):
                 return await result_of(self.events(execution_id))
         except TimeoutError:
             raise SandboxError(
-                ErrorKind.TIMEOUT,
+                ErrorKind.DEADLINE_EXCEEDED,
                 f"no outcome within {timeout} s (the execution goes on)",
                 execution_id=execution_id,
             ) from None

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 # "all", "last", "none", or the names of the steps whose results come back.
 ReturnResults = Literal["all", "last", "none"] | Sequence[str]
@@ -86,9 +86,9 @@ def execute_request(
 
 
 _SELECTIONS = {
-    "all": sandbox_pb2.RESULTS_ALL,
-    "last": sandbox_pb2.RESULTS_LAST,
-    "none": sandbox_pb2.RESULTS_NONE,
+    "all": sandbox_pb2.RESULT_SELECTION_ALL,
+    "last": sandbox_pb2.RESULT_SELECTION_LAST,
+    "none": sandbox_pb2.RESULT_SELECTION_NONE,
 }
 
 
@@ -99,7 +99,7 @@ def _selection(value: ReturnResults) -> tuple[sandbox_pb2.ResultSelection, list[
                 f"return_results must be 'all', 'last', 'none' or step names: {value!r}"
             )
         return _SELECTIONS[value], []
-    return sandbox_pb2.RESULTS_NAMED, list(value)
+    return sandbox_pb2.RESULT_SELECTION_NAMED, list(value)
 
 
 def input_bytes(value: object, raw: bytes | None) -> bytes:

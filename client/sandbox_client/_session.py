@@ -22,7 +22,7 @@ from sandbox_client._chunks import CHUNK_BYTES, Reassembler, pieces
 from sandbox_client._errors import ErrorKind, SandboxError, error_from_rpc
 from sandbox_client._events import decode_result
 from sandbox_client._request import Limits, input_bytes
-from sandboxd.v1 import sandbox_pb2
+from sandbox_client.v1 import sandbox_pb2
 
 
 class Session:
@@ -108,8 +108,8 @@ class Session:
     async def _received(self) -> AsyncIterator[sandbox_pb2.ExecutionEvent]:
         results = Reassembler()
         try:
-            async for received in self._call:
-                event = results.feed(received)
+            async for response in self._call:
+                event = results.feed(response.event)
                 if event is None:
                     continue
                 self.execution_id = event.execution_id or self.execution_id

@@ -25,8 +25,10 @@ from typing import Any, ParamSpec, TypeVar
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.config import Settings
 from sandboxd.executions import Executor
+from sandboxd.kinds import kind_name, kind_value
 from sandboxd.pool import PoolClosed
 from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
@@ -42,14 +44,13 @@ from sandboxd.queue.store import (
 )
 from sandboxd.requests import ExecutionPlan, InvalidRequest, plan_execution
 from sandboxd.tenants import AdmissionError, QuotaExceeded
-from sandboxd.v1 import sandbox_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-RETRYABLE = frozenset({pb.CRASHED, pb.UNAVAILABLE})
+RETRYABLE = frozenset({pb.ERROR_KIND_CRASHED, pb.ERROR_KIND_UNAVAILABLE})
 _IDLE_TICK_S = 1.0
 # Running executions append concurrently, and one blocked read waits for work.
 _MAX_CONNECTIONS = 64
@@ -230,7 +231,7 @@ class QueueWorker:
                 continue
             for entry in lost:
                 log.warning("queue: execution %s was taken over; stopping it", entry.execution_id)
-                self._executor.cancel(entry.execution_id)
+                self._executor.cancel(entry.tenant_id, entry.execution_id)
 
     # -- running one entry -----------------------------------------------------------------
 
@@ -275,7 +276,7 @@ class QueueWorker:
         try:
             plan = self._plan(begun)
         except InvalidRequest as exc:
-            last = _finished_event(entry.execution_id, 0, pb.INVALID_REQUEST, str(exc))
+            last = _finished_event(entry.execution_id, 0, pb.ERROR_KIND_INVALID_REQUEST, str(exc))
             await self._finish(entry, begun.attempt, last, keys.FAILED)
             return
         try:
@@ -297,14 +298,14 @@ class QueueWorker:
         elif outcome.error_kind not in RETRYABLE:
             await self._finish(entry, attempt, last, keys.FAILED)
         elif attempt < self.options.max_attempts:
-            failure = Failure(pb.ErrorKind.Name(outcome.error_kind), outcome.error_message)
+            failure = Failure(kind_name(outcome.error_kind), outcome.error_message)
             await self._retry(entry, failure, self.options.retry_delay_s(attempt), refund=False)
         else:
             dead = DeadLetter(
                 execution_id=entry.execution_id,
                 tenant_id=entry.tenant_id,
                 attempts=attempt,
-                kind=pb.ErrorKind.Name(outcome.error_kind),
+                kind=kind_name(outcome.error_kind),
                 reason=outcome.error_message,
             )
             await self._finish(entry, attempt, last, keys.DEAD_STATE, dead)
@@ -358,7 +359,7 @@ class QueueWorker:
         last_id = await self._redo(self._store.last_event_id, entry.execution_id)
         attempt, seq = (last_id[0], last_id[1] + 1) if last_id else (1, 0)
         message = f"gave up after {attempts} attempts: {last.message}"
-        event = _finished_event(entry.execution_id, seq, pb.ErrorKind.Value(last.kind), message)
+        event = _finished_event(entry.execution_id, seq, kind_value(last.kind), message)
         dead = DeadLetter(entry.execution_id, entry.tenant_id, attempts, last.kind, last.message)
         await self._finish(entry, attempt, event, keys.DEAD_STATE, dead)
 

@@ -58,11 +58,11 @@ def test_status_prints_the_pool(daemon: DaemonProcess) -> None:
 def test_health_and_reflection(daemon: DaemonProcess) -> None:
     with grpc.insecure_channel(daemon.target) as channel:
         health = health_pb2_grpc.HealthStub(channel)
-        for service in ("", "sandboxd.v1.Sandbox"):
+        for service in ("", "sandboxd.v1.SandboxService"):
             reply = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
         reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
         request = reflection_pb2.ServerReflectionRequest(list_services="")
         reply = next(iter(reflection.ServerReflectionInfo(iter([request]), timeout=5)))
         names = {service.name for service in reply.list_services_response.service}
-    assert {"sandboxd.v1.Sandbox", "grpc.health.v1.Health"} <= names
+    assert {"sandboxd.v1.SandboxService", "grpc.health.v1.Health"} <= names

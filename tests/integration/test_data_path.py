@@ -11,7 +11,7 @@ import urllib.parse
 import pytest
 
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
-from sandboxd.v1 import sandbox_pb2 as pb
+from sandbox_client.v1 import sandbox_pb2 as pb
 
 MiB = 1024 * 1024
 
@@ -141,7 +141,7 @@ async def test_a_session_goes_on_after_a_throw_and_ends_after_a_timeout(
             await session.step("after", "module.exports = () => 1")
         assert caught.value.kind is ErrorKind.TIMEOUT
     assert session.finished is not None
-    assert session.finished.error_kind == pb.TIMEOUT
+    assert session.finished.error_kind == pb.ERROR_KIND_TIMEOUT
 
 
 async def test_a_session_idle_past_its_timeout_ends(client: SandboxClient) -> None:
@@ -211,7 +211,7 @@ async def test_log_truncation_by_bytes_and_by_lines(client: SandboxClient) -> No
     assert events[-1].execution_finished.status == pb.EXECUTION_STATUS_SUCCEEDED
     events = await events_of(client, [Step("chatty", chatty, limits=Limits(log_bytes=40))])
     assert [e.log.truncated for e in events if e.HasField("log")][-1] is True
-    assert events[-1].execution_finished.error_kind == pb.OUTPUT_LIMIT
+    assert events[-1].execution_finished.error_kind == pb.ERROR_KIND_OUTPUT_LIMIT
 
 
 async def test_invalid_utf8_and_binary_output_is_replaced(client: SandboxClient) -> None:

@@ -9,9 +9,10 @@ import uuid
 import grpc
 import psutil
 import pytest
+from google.rpc import error_details_pb2, status_pb2
 
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
-from sandboxd.v1 import sandbox_pb2 as pb
+from sandbox_client.v1 import sandbox_pb2 as pb
 
 
 def kinds(events: list[pb.ExecutionEvent]) -> list[str]:
@@ -79,12 +80,12 @@ async def test_throwing_step_is_user_error_and_stops_the_execution(client: Sandb
     failed = events[2].step_failed
     assert (failed.step, failed.kind, failed.message) == (
         "boom",
-        pb.USER_ERROR,
+        pb.ERROR_KIND_USER_ERROR,
         "TypeError: bad input: 7",
     )
     assert "/steps/boom.js" in failed.stack
     finished = events[3].execution_finished
-    assert finished.error_kind == pb.USER_ERROR
+    assert finished.error_kind == pb.ERROR_KIND_USER_ERROR
     assert finished.failed_step == "boom"
     with pytest.raises(SandboxError) as caught:
         await client.run(tenant_id="acme", steps=steps)
@@ -235,14 +236,33 @@ async def test_syntax_error_is_user_error(client: SandboxClient) -> None:
 
 
 async def test_invalid_request_carries_grpc_status(daemon: object) -> None:
-    from sandboxd.v1 import sandbox_pb2_grpc
+    from sandbox_client.v1 import sandbox_pb2_grpc
 
     target = daemon.target  # type: ignore[attr-defined]
     async with grpc.aio.insecure_channel(target) as channel:
-        stub = sandbox_pb2_grpc.SandboxStub(channel)
+        stub = sandbox_pb2_grpc.SandboxServiceStub(channel)
         call = stub.Execute(pb.ExecuteRequest(tenant_id="acme"))
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             async for _ in call:
                 pass
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert ("sandboxd-error-kind", "INVALID_REQUEST") in tuple(caught.value.trailing_metadata())
+    assert caught.value.details() == "an execution needs at least one step"
+    details = {
+        key: value
+        for key, value in caught.value.trailing_metadata()
+        if key == "grpc-status-details-bin"
+    }
+    status = status_pb2.Status.FromString(details["grpc-status-details-bin"])
+    info, bad_request = error_details_pb2.ErrorInfo(), error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(info)
+    assert (info.reason, info.domain) == ("INVALID_REQUEST", "sandboxd")
+    assert status.details[1].Unpack(bad_request)
+    assert [v.field for v in bad_request.field_violations] == ["steps"]
+
+
+async def test_client_reads_the_standard_error_details(client: SandboxClient) -> None:
+    with pytest.raises(SandboxError) as caught:
+        await client.run(tenant_id="acme", steps=[Step("bad name", "module.exports = 1")])
+    assert caught.value.kind is ErrorKind.INVALID_REQUEST
+    assert caught.value.field == "steps[0].name"
+    assert caught.value.message.startswith("step 0: name 'bad name' must match")

@@ -15,8 +15,8 @@ import redis.asyncio as redis
 
 from sandbox_client import ErrorKind, Limits, SandboxError, Step
 from sandbox_client._queue import QueueClient
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.queue import keys
-from sandboxd.v1 import sandbox_pb2 as pb
 from tests.integration.conftest import TEST_OPTIONS, SpawnWorker, StartWorker
 from tests.redis_server import RedisServer
 
@@ -151,7 +151,7 @@ async def test_poison_execution_reaches_the_dead_letter_stream_after_max_attempt
     assert kinds(events).count("step_failed") == 3
     assert kinds(events)[-1] == "execution_finished"
     finished = events[-1].execution_finished
-    assert finished.error_kind == pb.CRASHED
+    assert finished.error_kind == pb.ERROR_KIND_CRASHED
     (letter,) = await queue.dead_letters()
     assert (letter.execution_id, letter.tenant_id, letter.attempts, letter.kind) == (
         poison,

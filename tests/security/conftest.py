@@ -36,8 +36,8 @@ import psutil
 import pytest
 
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
-from sandboxd.v1 import sandbox_pb2 as pb
-from sandboxd.v1 import sandbox_pb2_grpc as pb_grpc
+from sandbox_client.v1 import sandbox_pb2 as pb
+from sandbox_client.v1 import sandbox_pb2_grpc as pb_grpc
 from tests.conftest import ROOTFS, DaemonProcess, start_daemon
 
 # Jails of the suite's daemons run as these host uids: far from tests/conftest.py (200_000),
@@ -268,10 +268,10 @@ class SecurityDaemon:
     def stop(self) -> int:
         return self.running.stop()
 
-    def status(self) -> pb.Status:
+    def status(self) -> pb.GetStatusResponse:
         with grpc.insecure_channel(self.target) as channel:
-            stub = pb_grpc.SandboxStub(channel)  # type: ignore[no-untyped-call]
-            status: pb.Status = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
+            stub = pb_grpc.SandboxServiceStub(channel)  # type: ignore[no-untyped-call]
+            status: pb.GetStatusResponse = stub.GetStatus(pb.GetStatusRequest(), timeout=10)
         return status
 
     def run_sync(self, code: str, input: object) -> list[pb.ExecutionEvent]:
@@ -282,8 +282,8 @@ class SecurityDaemon:
             input=json.dumps(input).encode(),
         )
         with grpc.insecure_channel(self.target) as channel:
-            stub = pb_grpc.SandboxStub(channel)  # type: ignore[no-untyped-call]
-            return list(stub.Execute(request, timeout=60))
+            stub = pb_grpc.SandboxServiceStub(channel)  # type: ignore[no-untyped-call]
+            return [response.event for response in stub.Execute(request, timeout=60)]
 
     def jail_processes(self) -> list[psutil.Process]:
         """Every live (not zombie) process running as one of this daemon's jail uids."""
@@ -561,7 +561,7 @@ class HostSnapshot:
     image: dict[str, tuple[Any, ...]]
 
 
-def settle(daemon: SecurityDaemon) -> pb.Status:
+def settle(daemon: SecurityDaemon) -> pb.GetStatusResponse:
     """Wait until the daemon runs nothing and its pool is full again; its status then."""
     deadline = time.monotonic() + SETTLE_TIMEOUT_S
     while True:

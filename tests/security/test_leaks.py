@@ -173,7 +173,7 @@ async def _snoop_while_a_holds_its_secrets(client: SandboxClient) -> tuple[dict[
             a_uid = event.log.text.split()[1]
             break
     snooped = await execute(client, SNOOPER, tenant="sec-tenant-b", input={"mine": "b"})
-    assert await client.cancel(execution_id)
+    assert await client.cancel("sec-tenant-a", execution_id)
     kinds = [
         ErrorKind.from_proto(event.execution_finished.error_kind)
         async for event in holder

@@ -213,7 +213,7 @@ async def test_a_listener_inside_the_jail_is_unreachable_from_the_host(
         if event.HasField("log") and event.log.text == "listening":
             with socket.socket() as host_side:
                 refused = host_side.connect_ex(("127.0.0.1", port))
-            assert await client.cancel(execution_id)
+            assert await client.cancel("sec-acme", execution_id)
         if event.HasField("execution_finished"):
             kind = ErrorKind.from_proto(event.execution_finished.error_kind)
     assert refused == 111  # ECONNREFUSED

@@ -187,7 +187,7 @@ async def test_jail_cgroup_has_the_limits_and_no_swap(client: SandboxClient) -> 
         if event.HasField("log") and event.log.text == "ready":
             (process,) = wait_for(lambda: marked_processes(f"{MARKER}-cgroup"))
             seen = _cgroup_files(process.pid)
-            assert await client.cancel(execution_id)
+            assert await client.cancel("sec-acme", execution_id)
         if event.HasField("execution_finished"):
             kind = ErrorKind.from_proto(event.execution_finished.error_kind)
     assert kind is ErrorKind.CANCELLED

@@ -24,12 +24,12 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span, use_span
 
+from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.limits import Limits
 from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan, StepPlan
 from sandboxd.telemetry import Telemetry, context_from_grpc_metadata
 from sandboxd.tenants import Admission, QuotaExceeded, TenantLimits, TenantPolicy
-from sandboxd.v1 import sandbox_pb2 as pb
 
 SECRETS = ("INPUT-SECRET", "CRED-SECRET", "CONFIG-SECRET", "CODE-SECRET", "RESULT-SECRET")
 MESSAGE_SECRET = "MESSAGE-SECRET"
@@ -138,14 +138,14 @@ def failing_events(stream: Stream) -> list[pb.ExecutionEvent]:
         stream.at(
             40,
             step_failed=pb.StepFailed(
-                step="shape", index=1, kind=pb.USER_ERROR, message=secret, stack=secret
+                step="shape", index=1, kind=pb.ERROR_KIND_USER_ERROR, message=secret, stack=secret
             ),
         ),
         stream.at(
             41,
             execution_finished=pb.ExecutionFinished(
                 status=pb.EXECUTION_STATUS_FAILED,
-                error_kind=pb.USER_ERROR,
+                error_kind=pb.ERROR_KIND_USER_ERROR,
                 error_message=secret,
                 failed_step="shape",
                 steps_completed=1,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from sandboxd.v1 import sandbox_pb2 as sandboxd_dot_v1_dot_sandbox__pb2
+from sandbox_client.v1 import sandbox_pb2 as sandbox__client_dot_v1_dot_sandbox__pb2
 
 GRPC_GENERATED_VERSION = '1.76.0'
 GRPC_VERSION = grpc.__version__
@@ -18,15 +18,16 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in sandboxd/v1/sandbox_pb2_grpc.py depends on'
+        + ' but the generated code in sandbox_client/v1/sandbox_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
 
 
-class SandboxStub(object):
-    """Missing associated documentation comment in .proto file."""
+class SandboxServiceStub(object):
+    """Runs tenants' JavaScript steps in fresh, pre-warmed jails.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -35,44 +36,45 @@ class SandboxStub(object):
             channel: A grpc.Channel.
         """
         self.Execute = channel.unary_stream(
-                '/sandboxd.v1.Sandbox/Execute',
-                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteRequest.SerializeToString,
-                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+                '/sandboxd.v1.SandboxService/Execute',
+                request_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteRequest.SerializeToString,
+                response_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
         self.ExecuteChunked = channel.stream_stream(
-                '/sandboxd.v1.Sandbox/ExecuteChunked',
-                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteUpload.SerializeToString,
-                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+                '/sandboxd.v1.SandboxService/ExecuteChunked',
+                request_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteChunkedRequest.SerializeToString,
+                response_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteChunkedResponse.FromString,
                 _registered_method=True)
         self.Session = channel.stream_stream(
-                '/sandboxd.v1.Sandbox/Session',
-                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.SessionRequest.SerializeToString,
-                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+                '/sandboxd.v1.SandboxService/Session',
+                request_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.SessionRequest.SerializeToString,
+                response_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.SessionResponse.FromString,
                 _registered_method=True)
         self.Cancel = channel.unary_unary(
-                '/sandboxd.v1.Sandbox/Cancel',
-                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.CancelRequest.SerializeToString,
-                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.CancelResponse.FromString,
+                '/sandboxd.v1.SandboxService/Cancel',
+                request_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.CancelRequest.SerializeToString,
+                response_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.CancelResponse.FromString,
                 _registered_method=True)
         self.GetStatus = channel.unary_unary(
-                '/sandboxd.v1.Sandbox/GetStatus',
-                request_serializer=sandboxd_dot_v1_dot_sandbox__pb2.GetStatusRequest.SerializeToString,
-                response_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.Status.FromString,
+                '/sandboxd.v1.SandboxService/GetStatus',
+                request_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.GetStatusRequest.SerializeToString,
+                response_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
 
 
-class SandboxServicer(object):
-    """Missing associated documentation comment in .proto file."""
+class SandboxServiceServicer(object):
+    """Runs tenants' JavaScript steps in fresh, pre-warmed jails.
+    """
 
     def Execute(self, request, context):
-        """Run the request's steps in one fresh jail and stream what happens.
+        """Runs the request's steps in one fresh jail and streams what happens.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteChunked(self, request_iterator, context):
-        """Execute for inputs above ~1 MiB: the request, then its input as ordered chunks.
+        """Execute for inputs above ~1 MiB: the request, then its input as chunks with offsets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,7 +89,7 @@ class SandboxServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def Cancel(self, request, context):
-        """Kill a running execution's jail from any connection; the execution ends CANCELLED.
+        """Kills a running execution's jail from any connection; the execution ends CANCELLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -101,43 +103,44 @@ class SandboxServicer(object):
         raise NotImplementedError('Method not implemented!')
 
 
-def add_SandboxServicer_to_server(servicer, server):
+def add_SandboxServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Execute': grpc.unary_stream_rpc_method_handler(
                     servicer.Execute,
-                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteRequest.FromString,
-                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
+                    request_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteRequest.FromString,
+                    response_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteResponse.SerializeToString,
             ),
             'ExecuteChunked': grpc.stream_stream_rpc_method_handler(
                     servicer.ExecuteChunked,
-                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecuteUpload.FromString,
-                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
+                    request_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteChunkedRequest.FromString,
+                    response_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteChunkedResponse.SerializeToString,
             ),
             'Session': grpc.stream_stream_rpc_method_handler(
                     servicer.Session,
-                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.SessionRequest.FromString,
-                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.SerializeToString,
+                    request_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.SessionRequest.FromString,
+                    response_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.SessionResponse.SerializeToString,
             ),
             'Cancel': grpc.unary_unary_rpc_method_handler(
                     servicer.Cancel,
-                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.CancelRequest.FromString,
-                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.CancelResponse.SerializeToString,
+                    request_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.CancelRequest.FromString,
+                    response_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.CancelResponse.SerializeToString,
             ),
             'GetStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetStatus,
-                    request_deserializer=sandboxd_dot_v1_dot_sandbox__pb2.GetStatusRequest.FromString,
-                    response_serializer=sandboxd_dot_v1_dot_sandbox__pb2.Status.SerializeToString,
+                    request_deserializer=sandbox__client_dot_v1_dot_sandbox__pb2.GetStatusRequest.FromString,
+                    response_serializer=sandbox__client_dot_v1_dot_sandbox__pb2.GetStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
-            'sandboxd.v1.Sandbox', rpc_method_handlers)
+            'sandboxd.v1.SandboxService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('sandboxd.v1.Sandbox', rpc_method_handlers)
+    server.add_registered_method_handlers('sandboxd.v1.SandboxService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class Sandbox(object):
-    """Missing associated documentation comment in .proto file."""
+class SandboxService(object):
+    """Runs tenants' JavaScript steps in fresh, pre-warmed jails.
+    """
 
     @staticmethod
     def Execute(request,
@@ -153,9 +156,9 @@ class Sandbox(object):
         return grpc.experimental.unary_stream(
             request,
             target,
-            '/sandboxd.v1.Sandbox/Execute',
-            sandboxd_dot_v1_dot_sandbox__pb2.ExecuteRequest.SerializeToString,
-            sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+            '/sandboxd.v1.SandboxService/Execute',
+            sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteRequest.SerializeToString,
+            sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -180,9 +183,9 @@ class Sandbox(object):
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/sandboxd.v1.Sandbox/ExecuteChunked',
-            sandboxd_dot_v1_dot_sandbox__pb2.ExecuteUpload.SerializeToString,
-            sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+            '/sandboxd.v1.SandboxService/ExecuteChunked',
+            sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteChunkedRequest.SerializeToString,
+            sandbox__client_dot_v1_dot_sandbox__pb2.ExecuteChunkedResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -207,9 +210,9 @@ class Sandbox(object):
         return grpc.experimental.stream_stream(
             request_iterator,
             target,
-            '/sandboxd.v1.Sandbox/Session',
-            sandboxd_dot_v1_dot_sandbox__pb2.SessionRequest.SerializeToString,
-            sandboxd_dot_v1_dot_sandbox__pb2.ExecutionEvent.FromString,
+            '/sandboxd.v1.SandboxService/Session',
+            sandbox__client_dot_v1_dot_sandbox__pb2.SessionRequest.SerializeToString,
+            sandbox__client_dot_v1_dot_sandbox__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -234,9 +237,9 @@ class Sandbox(object):
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/sandboxd.v1.Sandbox/Cancel',
-            sandboxd_dot_v1_dot_sandbox__pb2.CancelRequest.SerializeToString,
-            sandboxd_dot_v1_dot_sandbox__pb2.CancelResponse.FromString,
+            '/sandboxd.v1.SandboxService/Cancel',
+            sandbox__client_dot_v1_dot_sandbox__pb2.CancelRequest.SerializeToString,
+            sandbox__client_dot_v1_dot_sandbox__pb2.CancelResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -261,9 +264,9 @@ class Sandbox(object):
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/sandboxd.v1.Sandbox/GetStatus',
-            sandboxd_dot_v1_dot_sandbox__pb2.GetStatusRequest.SerializeToString,
-            sandboxd_dot_v1_dot_sandbox__pb2.Status.FromString,
+            '/sandboxd.v1.SandboxService/GetStatus',
+            sandbox__client_dot_v1_dot_sandbox__pb2.GetStatusRequest.SerializeToString,
+            sandbox__client_dot_v1_dot_sandbox__pb2.GetStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -13,26 +13,28 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class ErrorKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ERROR_KIND_UNSPECIFIED: _ClassVar[ErrorKind]
-    USER_ERROR: _ClassVar[ErrorKind]
-    TIMEOUT: _ClassVar[ErrorKind]
-    MEMORY_LIMIT: _ClassVar[ErrorKind]
-    RESOURCE_LIMIT: _ClassVar[ErrorKind]
-    OUTPUT_LIMIT: _ClassVar[ErrorKind]
-    RESULT_TOO_LARGE: _ClassVar[ErrorKind]
-    CRASHED: _ClassVar[ErrorKind]
-    POLICY_DENIED: _ClassVar[ErrorKind]
-    CANCELLED: _ClassVar[ErrorKind]
-    QUOTA_EXCEEDED: _ClassVar[ErrorKind]
-    INVALID_REQUEST: _ClassVar[ErrorKind]
-    UNAVAILABLE: _ClassVar[ErrorKind]
-    INTERNAL: _ClassVar[ErrorKind]
+    ERROR_KIND_USER_ERROR: _ClassVar[ErrorKind]
+    ERROR_KIND_TIMEOUT: _ClassVar[ErrorKind]
+    ERROR_KIND_MEMORY_LIMIT: _ClassVar[ErrorKind]
+    ERROR_KIND_RESOURCE_LIMIT: _ClassVar[ErrorKind]
+    ERROR_KIND_OUTPUT_LIMIT: _ClassVar[ErrorKind]
+    ERROR_KIND_RESULT_TOO_LARGE: _ClassVar[ErrorKind]
+    ERROR_KIND_CRASHED: _ClassVar[ErrorKind]
+    ERROR_KIND_POLICY_DENIED: _ClassVar[ErrorKind]
+    ERROR_KIND_CANCELLED: _ClassVar[ErrorKind]
+    ERROR_KIND_QUOTA_EXCEEDED: _ClassVar[ErrorKind]
+    ERROR_KIND_INVALID_REQUEST: _ClassVar[ErrorKind]
+    ERROR_KIND_UNAVAILABLE: _ClassVar[ErrorKind]
+    ERROR_KIND_INTERNAL: _ClassVar[ErrorKind]
+    ERROR_KIND_DEADLINE_EXCEEDED: _ClassVar[ErrorKind]
 
 class ResultSelection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    RESULTS_ALL: _ClassVar[ResultSelection]
-    RESULTS_LAST: _ClassVar[ResultSelection]
-    RESULTS_NONE: _ClassVar[ResultSelection]
-    RESULTS_NAMED: _ClassVar[ResultSelection]
+    RESULT_SELECTION_UNSPECIFIED: _ClassVar[ResultSelection]
+    RESULT_SELECTION_ALL: _ClassVar[ResultSelection]
+    RESULT_SELECTION_LAST: _ClassVar[ResultSelection]
+    RESULT_SELECTION_NONE: _ClassVar[ResultSelection]
+    RESULT_SELECTION_NAMED: _ClassVar[ResultSelection]
 
 class LogLevel(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,23 +50,25 @@ class ExecutionStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXECUTION_STATUS_SUCCEEDED: _ClassVar[ExecutionStatus]
     EXECUTION_STATUS_FAILED: _ClassVar[ExecutionStatus]
 ERROR_KIND_UNSPECIFIED: ErrorKind
-USER_ERROR: ErrorKind
-TIMEOUT: ErrorKind
-MEMORY_LIMIT: ErrorKind
-RESOURCE_LIMIT: ErrorKind
-OUTPUT_LIMIT: ErrorKind
-RESULT_TOO_LARGE: ErrorKind
-CRASHED: ErrorKind
-POLICY_DENIED: ErrorKind
-CANCELLED: ErrorKind
-QUOTA_EXCEEDED: ErrorKind
-INVALID_REQUEST: ErrorKind
-UNAVAILABLE: ErrorKind
-INTERNAL: ErrorKind
-RESULTS_ALL: ResultSelection
-RESULTS_LAST: ResultSelection
-RESULTS_NONE: ResultSelection
-RESULTS_NAMED: ResultSelection
+ERROR_KIND_USER_ERROR: ErrorKind
+ERROR_KIND_TIMEOUT: ErrorKind
+ERROR_KIND_MEMORY_LIMIT: ErrorKind
+ERROR_KIND_RESOURCE_LIMIT: ErrorKind
+ERROR_KIND_OUTPUT_LIMIT: ErrorKind
+ERROR_KIND_RESULT_TOO_LARGE: ErrorKind
+ERROR_KIND_CRASHED: ErrorKind
+ERROR_KIND_POLICY_DENIED: ErrorKind
+ERROR_KIND_CANCELLED: ErrorKind
+ERROR_KIND_QUOTA_EXCEEDED: ErrorKind
+ERROR_KIND_INVALID_REQUEST: ErrorKind
+ERROR_KIND_UNAVAILABLE: ErrorKind
+ERROR_KIND_INTERNAL: ErrorKind
+ERROR_KIND_DEADLINE_EXCEEDED: ErrorKind
+RESULT_SELECTION_UNSPECIFIED: ResultSelection
+RESULT_SELECTION_ALL: ResultSelection
+RESULT_SELECTION_LAST: ResultSelection
+RESULT_SELECTION_NONE: ResultSelection
+RESULT_SELECTION_NAMED: ResultSelection
 LOG_LEVEL_UNSPECIFIED: LogLevel
 LOG_LEVEL_DEBUG: LogLevel
 LOG_LEVEL_INFO: LogLevel
@@ -75,7 +79,7 @@ EXECUTION_STATUS_SUCCEEDED: ExecutionStatus
 EXECUTION_STATUS_FAILED: ExecutionStatus
 
 class Limits(_message.Message):
-    __slots__ = ("timeout_ms", "cpu_time_ms", "memory_bytes", "pids", "open_files", "file_size_bytes", "tmpfs_bytes", "log_bytes", "result_bytes", "log_lines")
+    __slots__ = ("timeout_ms", "cpu_time_ms", "memory_bytes", "pids", "open_files", "file_size_bytes", "tmpfs_bytes", "log_bytes", "result_bytes", "log_lines", "egress_connections", "egress_connect_timeout_ms", "egress_idle_timeout_ms", "egress_bytes_sent", "egress_bytes_received")
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_MS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +90,11 @@ class Limits(_message.Message):
     LOG_BYTES_FIELD_NUMBER: _ClassVar[int]
     RESULT_BYTES_FIELD_NUMBER: _ClassVar[int]
     LOG_LINES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_CONNECT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     timeout_ms: int
     cpu_time_ms: int
     memory_bytes: int
@@ -96,7 +105,12 @@ class Limits(_message.Message):
     log_bytes: int
     result_bytes: int
     log_lines: int
-    def __init__(self, timeout_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., open_files: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., tmpfs_bytes: _Optional[int] = ..., log_bytes: _Optional[int] = ..., result_bytes: _Optional[int] = ..., log_lines: _Optional[int] = ...) -> None: ...
+    egress_connections: int
+    egress_connect_timeout_ms: int
+    egress_idle_timeout_ms: int
+    egress_bytes_sent: int
+    egress_bytes_received: int
+    def __init__(self, timeout_ms: _Optional[int] = ..., cpu_time_ms: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., pids: _Optional[int] = ..., open_files: _Optional[int] = ..., file_size_bytes: _Optional[int] = ..., tmpfs_bytes: _Optional[int] = ..., log_bytes: _Optional[int] = ..., result_bytes: _Optional[int] = ..., log_lines: _Optional[int] = ..., egress_connections: _Optional[int] = ..., egress_connect_timeout_ms: _Optional[int] = ..., egress_idle_timeout_ms: _Optional[int] = ..., egress_bytes_sent: _Optional[int] = ..., egress_bytes_received: _Optional[int] = ...) -> None: ...
 
 class Step(_message.Message):
     __slots__ = ("name", "code", "limits")
@@ -108,8 +122,22 @@ class Step(_message.Message):
     limits: Limits
     def __init__(self, name: _Optional[str] = ..., code: _Optional[str] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
 
+class EgressDestination(_message.Message):
+    __slots__ = ("host", "ports")
+    HOST_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    host: str
+    ports: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, host: _Optional[str] = ..., ports: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class EgressPolicy(_message.Message):
+    __slots__ = ("allow",)
+    ALLOW_FIELD_NUMBER: _ClassVar[int]
+    allow: _containers.RepeatedCompositeFieldContainer[EgressDestination]
+    def __init__(self, allow: _Optional[_Iterable[_Union[EgressDestination, _Mapping]]] = ...) -> None: ...
+
 class ExecuteRequest(_message.Message):
-    __slots__ = ("tenant_id", "execution_id", "steps", "input", "config_vars", "credentials", "limits", "return_results", "return_steps")
+    __slots__ = ("tenant_id", "execution_id", "steps", "input", "config_vars", "credentials", "limits", "return_results", "return_steps", "egress")
     class ConfigVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -133,6 +161,7 @@ class ExecuteRequest(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     RETURN_RESULTS_FIELD_NUMBER: _ClassVar[int]
     RETURN_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     execution_id: str
     steps: _containers.RepeatedCompositeFieldContainer[Step]
@@ -142,26 +171,33 @@ class ExecuteRequest(_message.Message):
     limits: Limits
     return_results: ResultSelection
     return_steps: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., input: _Optional[bytes] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., return_results: _Optional[_Union[ResultSelection, str]] = ..., return_steps: _Optional[_Iterable[str]] = ...) -> None: ...
+    egress: EgressPolicy
+    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., steps: _Optional[_Iterable[_Union[Step, _Mapping]]] = ..., input: _Optional[bytes] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., return_results: _Optional[_Union[ResultSelection, str]] = ..., return_steps: _Optional[_Iterable[str]] = ..., egress: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
 
-class Chunk(_message.Message):
-    __slots__ = ("data", "last")
+class InputChunk(_message.Message):
+    __slots__ = ("offset", "data", "last", "total_bytes", "sha256")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    offset: int
     data: bytes
     last: bool
-    def __init__(self, data: _Optional[bytes] = ..., last: bool = ...) -> None: ...
+    total_bytes: int
+    sha256: bytes
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., last: bool = ..., total_bytes: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
 
-class ExecuteUpload(_message.Message):
+class ExecuteChunkedRequest(_message.Message):
     __slots__ = ("request", "input_chunk")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
     INPUT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     request: ExecuteRequest
-    input_chunk: Chunk
-    def __init__(self, request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., input_chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    input_chunk: InputChunk
+    def __init__(self, request: _Optional[_Union[ExecuteRequest, _Mapping]] = ..., input_chunk: _Optional[_Union[InputChunk, _Mapping]] = ...) -> None: ...
 
 class SessionOpen(_message.Message):
-    __slots__ = ("tenant_id", "execution_id", "config_vars", "credentials", "limits", "idle_timeout_ms", "max_steps")
+    __slots__ = ("tenant_id", "execution_id", "config_vars", "credentials", "limits", "idle_timeout_ms", "max_steps", "egress")
     class ConfigVarsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +219,7 @@ class SessionOpen(_message.Message):
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_STEPS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_FIELD_NUMBER: _ClassVar[int]
     tenant_id: str
     execution_id: str
     config_vars: _containers.ScalarMap[str, str]
@@ -190,7 +227,8 @@ class SessionOpen(_message.Message):
     limits: Limits
     idle_timeout_ms: int
     max_steps: int
-    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_ms: _Optional[int] = ..., max_steps: _Optional[int] = ...) -> None: ...
+    egress: EgressPolicy
+    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ..., config_vars: _Optional[_Mapping[str, str]] = ..., credentials: _Optional[_Mapping[str, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., idle_timeout_ms: _Optional[int] = ..., max_steps: _Optional[int] = ..., egress: _Optional[_Union[EgressPolicy, _Mapping]] = ...) -> None: ...
 
 class SessionStep(_message.Message):
     __slots__ = ("name", "code", "input", "input_chunked", "keep_result", "limits")
@@ -215,14 +253,34 @@ class SessionRequest(_message.Message):
     INPUT_CHUNK_FIELD_NUMBER: _ClassVar[int]
     open: SessionOpen
     step: SessionStep
-    input_chunk: Chunk
-    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., step: _Optional[_Union[SessionStep, _Mapping]] = ..., input_chunk: _Optional[_Union[Chunk, _Mapping]] = ...) -> None: ...
+    input_chunk: InputChunk
+    def __init__(self, open: _Optional[_Union[SessionOpen, _Mapping]] = ..., step: _Optional[_Union[SessionStep, _Mapping]] = ..., input_chunk: _Optional[_Union[InputChunk, _Mapping]] = ...) -> None: ...
+
+class ExecuteResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: ExecutionEvent
+    def __init__(self, event: _Optional[_Union[ExecutionEvent, _Mapping]] = ...) -> None: ...
+
+class ExecuteChunkedResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: ExecutionEvent
+    def __init__(self, event: _Optional[_Union[ExecutionEvent, _Mapping]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("event",)
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    event: ExecutionEvent
+    def __init__(self, event: _Optional[_Union[ExecutionEvent, _Mapping]] = ...) -> None: ...
 
 class CancelRequest(_message.Message):
-    __slots__ = ("execution_id",)
+    __slots__ = ("tenant_id", "execution_id")
+    TENANT_ID_FIELD_NUMBER: _ClassVar[int]
     EXECUTION_ID_FIELD_NUMBER: _ClassVar[int]
+    tenant_id: str
     execution_id: str
-    def __init__(self, execution_id: _Optional[str] = ...) -> None: ...
+    def __init__(self, tenant_id: _Optional[str] = ..., execution_id: _Optional[str] = ...) -> None: ...
 
 class CancelResponse(_message.Message):
     __slots__ = ("found",)
@@ -235,14 +293,22 @@ class GetStatusRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Usage(_message.Message):
-    __slots__ = ("duration_us", "cpu_time_us", "peak_memory_bytes")
+    __slots__ = ("duration_us", "cpu_time_us", "peak_memory_bytes", "egress_bytes_sent", "egress_bytes_received", "egress_connections", "egress_denied")
     DURATION_US_FIELD_NUMBER: _ClassVar[int]
     CPU_TIME_US_FIELD_NUMBER: _ClassVar[int]
     PEAK_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_CONNECTIONS_FIELD_NUMBER: _ClassVar[int]
+    EGRESS_DENIED_FIELD_NUMBER: _ClassVar[int]
     duration_us: int
     cpu_time_us: int
     peak_memory_bytes: int
-    def __init__(self, duration_us: _Optional[int] = ..., cpu_time_us: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ...) -> None: ...
+    egress_bytes_sent: int
+    egress_bytes_received: int
+    egress_connections: int
+    egress_denied: int
+    def __init__(self, duration_us: _Optional[int] = ..., cpu_time_us: _Optional[int] = ..., peak_memory_bytes: _Optional[int] = ..., egress_bytes_sent: _Optional[int] = ..., egress_bytes_received: _Optional[int] = ..., egress_connections: _Optional[int] = ..., egress_denied: _Optional[int] = ...) -> None: ...
 
 class ExecutionStarted(_message.Message):
     __slots__ = ("tenant_id", "step_count", "attempt", "lease_wait_us")
@@ -384,8 +450,8 @@ class PoolStatus(_message.Message):
     start_ms_p99: float
     def __init__(self, warm: _Optional[int] = ..., leased: _Optional[int] = ..., starting: _Optional[int] = ..., failed: _Optional[int] = ..., target: _Optional[int] = ..., started: _Optional[int] = ..., start_ms_p50: _Optional[float] = ..., start_ms_p99: _Optional[float] = ...) -> None: ...
 
-class Status(_message.Message):
-    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes", "tenants", "queue")
+class GetStatusResponse(_message.Message):
+    __slots__ = ("version", "serving", "pool", "executions_by_outcome", "running", "cgroup_mode", "seccomp", "uptime_s", "load_1m", "cpu_percent", "memory_available_bytes", "daemon_rss_bytes", "tenants", "queue", "transport_security")
     class ExecutionsByOutcomeEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -414,6 +480,7 @@ class Status(_message.Message):
     DAEMON_RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_FIELD_NUMBER: _ClassVar[int]
+    TRANSPORT_SECURITY_FIELD_NUMBER: _ClassVar[int]
     version: str
     serving: bool
     pool: PoolStatus
@@ -428,7 +495,8 @@ class Status(_message.Message):
     daemon_rss_bytes: int
     tenants: _containers.MessageMap[str, TenantLoad]
     queue: QueueStatus
-    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ..., tenants: _Optional[_Mapping[str, TenantLoad]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ...) -> None: ...
+    transport_security: str
+    def __init__(self, version: _Optional[str] = ..., serving: bool = ..., pool: _Optional[_Union[PoolStatus, _Mapping]] = ..., executions_by_outcome: _Optional[_Mapping[str, int]] = ..., running: _Optional[int] = ..., cgroup_mode: _Optional[str] = ..., seccomp: bool = ..., uptime_s: _Optional[float] = ..., load_1m: _Optional[float] = ..., cpu_percent: _Optional[float] = ..., memory_available_bytes: _Optional[int] = ..., daemon_rss_bytes: _Optional[int] = ..., tenants: _Optional[_Mapping[str, TenantLoad]] = ..., queue: _Optional[_Union[QueueStatus, _Mapping]] = ..., transport_security: _Optional[str] = ...) -> None: ...
 
 class QueueStatus(_message.Message):
     __slots__ = ("worker_id", "connected", "running", "taken", "disconnects", "last_error")
