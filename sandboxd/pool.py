@@ -62,6 +62,14 @@ class PooledJail:
         if self.cgroup is not None:
             self.cgroup.kill()
 
+    def take_proxy_fd(self) -> int:
+        """The jail's egress socket (listening on its own loopback), for the egress proxy.
+
+        Whoever takes it owns it: an execution without egress closes it at once, and the jail's
+        connections to the proxy address are then refused, as if it did not exist.
+        """
+        return self.jail.take_proxy_fd()
+
 
 class UidAllocator:
     """Distinct unprivileged host uids, one per live jail."""
@@ -320,6 +328,8 @@ class JailPool:
                 limits=limits,
                 cgroup_procs=cgroup.procs_files if cgroup else (),
             )
+            # When this raises, even when cancelled, the jail is dead (or never existed): its
+            # uid and cgroup are free to reuse.
             jail = await self._launcher.spawn(spec)
         except BaseException:
             if cgroup is not None:
@@ -330,7 +340,7 @@ class JailPool:
             channel = await RunnerChannel.open(*jail.take_channel_fds())
         except BaseException:
             jail.kill()
-            jail.close_fds()
+            await self._free_when_dead(jail, cgroup, uid)
             raise
         pooled = PooledJail(jail, channel, cgroup, uid, start_s=time.monotonic())
         try:
@@ -355,12 +365,16 @@ class JailPool:
         """Kill the jail, wait until it is gone, and free its cgroup, uid and descriptors."""
         pooled.kill()
         pooled.channel.close()
+        await self._free_when_dead(pooled.jail, pooled.cgroup, pooled.uid)
+
+    async def _free_when_dead(self, jail: Jail, cgroup: JailCgroup | None, uid: int) -> None:
+        """Wait until a killed jail is gone, then free its descriptors, cgroup and uid."""
         with contextlib.suppress(JailError):
-            await pooled.jail.exit_status
-        pooled.jail.close_fds()
-        if pooled.cgroup is not None:
-            await asyncio.to_thread(pooled.cgroup.remove)
-        self._uids.give_back(pooled.uid)
+            await jail.exit_status
+        jail.close_fds()
+        if cgroup is not None:
+            await asyncio.to_thread(cgroup.remove)
+        self._uids.give_back(uid)
 
 
 def _host_warm_ceiling() -> int:

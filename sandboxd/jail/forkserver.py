@@ -3,15 +3,16 @@
 The daemon is a threaded gRPC process, and forking a threaded process is unsafe; so at start the
 daemon runs this module as its own process (`python -m sandboxd.jail.forkserver FD`), before any
 jail is needed. It compiles the seccomp policy once, then serves spawn requests on a
-SOCK_SEQPACKET socket: each answer carries the jail's channel descriptors and a pidfd of its init
-(SCM_RIGHTS). It reaps the jails' keepers and reports their exit status. If the daemon goes away
-(socket closed, or the daemon dies: parent-death signal), every jail goes with it.
+SOCK_SEQPACKET socket: each answer carries the jail's channel descriptors, a pidfd of its init and
+the egress proxy's listening socket inside the jail's network namespace (SCM_RIGHTS; see
+sandboxd/jail/net.py). It reaps the jails' keepers and reports their exit status. If the daemon
+goes away (socket closed, or the daemon dies: parent-death signal), every jail goes with it.
 
 Messages are JSON, one per packet:
 
     daemon -> server  {"op": "spawn", "id": jail_id, "spec": {...}}
     server -> daemon  {"op": "spawned", "id": ..., "pid": init_pid}
-                      + fds [work, events, output, pidfd]
+                      + fds [work, events, output, pidfd, proxy]
                       {"op": "failed", "id": ..., "error": "pivot_root: [Errno 22] ..."}
                       {"op": "exited", "id": ..., "status": wait_status}
 """
@@ -34,7 +35,7 @@ from typing import Any
 
 import prctl
 
-from sandboxd.jail import ids, launch
+from sandboxd.jail import ids, launch, net
 from sandboxd.jail.errors import JailStartError, SetupError
 from sandboxd.jail.spec import JailLimits, JailSpec
 
@@ -67,15 +68,22 @@ def spec_from_json(data: dict[str, Any]) -> JailSpec:
 class Spawned:
     """The fork server's side of one started jail: what it hands to the daemon."""
 
-    def __init__(self, keeper_pid: int, init_pid: int, pidfd: int, fds: tuple[int, int, int]):
+    def __init__(
+        self, keeper_pid: int, init_pid: int, pidfd: int, proxy: int, fds: tuple[int, int, int]
+    ):
         self.keeper_pid = keeper_pid
         self.init_pid = init_pid
         self.pidfd = pidfd
+        self.proxy = proxy
         self.work, self.events, self.output = fds
 
 
-def spawn(spec: JailSpec, seccomp_program: bytes) -> Spawned:
-    """Fork the keeper, write its id maps, and wait until the runner is executing."""
+def spawn(spec: JailSpec, seccomp_program: bytes, own_netns: int) -> Spawned:
+    """Fork the keeper, set up its ids and network, and wait until the runner is executing.
+
+    `own_netns` is a descriptor of the fork server's network namespace. On failure the keeper
+    is dead (reaped) before this raises.
+    """
     to_server_r, to_server_w = _pipe()
     from_server_r, from_server_w = _pipe()
     errors_r, errors_w = _pipe()
@@ -90,7 +98,9 @@ def spawn(spec: JailSpec, seccomp_program: bytes) -> Spawned:
         os.close(fd)
     ours = (work_w, events_r, output_r)
     try:
-        init_pid, pidfd = _bring_up(spec, keeper, to_server_r, from_server_w, errors_r)
+        init_pid, pidfd, proxy = _bring_up(
+            spec, keeper, to_server_r, from_server_w, errors_r, own_netns=own_netns
+        )
     except BaseException:
         _abandon(keeper)
         for fd in ours:
@@ -99,7 +109,7 @@ def spawn(spec: JailSpec, seccomp_program: bytes) -> Spawned:
     finally:
         for fd in (to_server_r, from_server_w, errors_r):
             os.close(fd)
-    return Spawned(keeper, init_pid, pidfd, ours)
+    return Spawned(keeper, init_pid, pidfd, proxy, ours)
 
 
 def _pipe(size: int = 0) -> tuple[int, int]:
@@ -114,13 +124,28 @@ def _pipe(size: int = 0) -> tuple[int, int]:
 
 
 def _bring_up(
-    spec: JailSpec, keeper: int, to_server: int, from_server: int, errors: int
-) -> tuple[int, int]:
+    spec: JailSpec, keeper: int, to_server: int, from_server: int, errors: int, *, own_netns: int
+) -> tuple[int, int, int]:
+    """(init pid, pidfd of the init, egress socket) once the runner is executing."""
     deadline = time.monotonic() + START_TIMEOUT_S
     if _read(to_server, 1, deadline) != b"u":
         raise JailStartError(_child_error(errors, deadline))
     ids.write_id_maps(keeper, spec.host_uid, spec.host_gid)
     os.write(from_server, b"g")
+    # The keeper goes on meanwhile. Nothing in the jail uses the network before the daemon holds
+    # the jail, which is after this function returned.
+    proxy = net.set_up_jail_network(keeper, own_netns)
+    try:
+        init_pid, pidfd = _wait_for_runner(to_server, from_server, errors, deadline)
+    except BaseException:
+        os.close(proxy)
+        raise
+    return init_pid, pidfd, proxy
+
+
+def _wait_for_runner(
+    to_server: int, from_server: int, errors: int, deadline: float
+) -> tuple[int, int]:
     raw_pid = _read(to_server, 4, deadline)
     if len(raw_pid) != 4:
         raise JailStartError(_child_error(errors, deadline))
@@ -154,16 +179,21 @@ def _child_error(errors: int, deadline: float) -> str:
 
 
 def _abandon(keeper: int) -> None:
+    """Kill the keeper and reap it: its init dies with it (parent-death signal), so the jail's
+    uid and cgroup are free to reuse once the daemon hears of the failure."""
     with contextlib.suppress(ProcessLookupError):
         os.kill(keeper, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(keeper, 0)
 
 
 class Server:
     """The request loop. Single-threaded by design: it forks."""
 
-    def __init__(self, sock: socket.socket, seccomp_program: bytes):
+    def __init__(self, sock: socket.socket, seccomp_program: bytes, own_netns: int):
         self.sock = sock
         self.seccomp_program = seccomp_program
+        self.own_netns = own_netns  # to come back to after setting up a jail's network
         self.keepers: dict[int, str] = {}
 
     def serve(self) -> None:
@@ -193,12 +223,12 @@ class Server:
 
     def _spawn(self, jail_id: str, spec: JailSpec) -> None:
         try:
-            spawned = spawn(spec, self.seccomp_program)
+            spawned = spawn(spec, self.seccomp_program, self.own_netns)
         except (SetupError, JailStartError, OSError) as exc:
             self._send({"op": "failed", "id": jail_id, "error": str(exc)})
             return
         self.keepers[spawned.keeper_pid] = jail_id
-        fds = [spawned.work, spawned.events, spawned.output, spawned.pidfd]
+        fds = [spawned.work, spawned.events, spawned.output, spawned.pidfd, spawned.proxy]
         self._send({"op": "spawned", "id": jail_id, "pid": spawned.init_pid}, fds)
         for fd in fds:
             os.close(fd)
@@ -247,8 +277,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("fork server: the daemon is already gone")
     sock = socket.socket(fileno=args.fd)
     program = b"" if args.no_seccomp else _compile_seccomp()
+    own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     sock.send(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
-    Server(sock, program).serve()
+    Server(sock, program, own_netns).serve()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
 import json
@@ -17,12 +18,13 @@ from sandboxd.jail.errors import JailError, JailStartError
 from sandboxd.jail.forkserver import MAX_MESSAGE, spec_to_json
 from sandboxd.jail.spec import JailSpec
 
-_MAX_FDS = 4
+# The descriptors of a "spawned" message, in this order.
+_SPAWNED_FDS = ("work", "events", "output", "pidfd", "proxy")
 
 
 @dataclass(eq=False)
 class Jail:
-    """A started jail. Owns its channel descriptors and the pidfd of its init."""
+    """A started jail. Owns its channel descriptors, the pidfd of its init and its egress socket."""
 
     jail_id: str
     spec: JailSpec
@@ -31,6 +33,8 @@ class Jail:
     events_fd: int  # runner -> daemon
     output_fd: int  # the runner's stdout and stderr
     pidfd: int
+    # Listening on the jail's own 127.0.0.1:EGRESS_PROXY_PORT (sandboxd/jail/net.py).
+    proxy_fd: int
     exit_status: asyncio.Future[int] = field(repr=False)
 
     def kill(self) -> None:
@@ -44,9 +48,16 @@ class Jail:
         self.work_fd = self.events_fd = self.output_fd = -1
         return fds
 
+    def take_proxy_fd(self) -> int:
+        """Hand the egress socket to its new owner: the egress proxy, or whoever closes it."""
+        if self.proxy_fd < 0:
+            raise JailError(f"the egress socket of jail {self.jail_id} was already taken")
+        fd, self.proxy_fd = self.proxy_fd, -1
+        return fd
+
     def close_fds(self) -> None:
         """Close the descriptors this handle still owns."""
-        for attr in ("work_fd", "events_fd", "output_fd", "pidfd"):
+        for attr in ("work_fd", "events_fd", "output_fd", "pidfd", "proxy_fd"):
             fd = getattr(self, attr)
             if fd >= 0:
                 os.close(fd)
@@ -90,24 +101,36 @@ class JailLauncher:
             raise JailError("the fork server is closed")
         loop = asyncio.get_running_loop()
         started: asyncio.Future[tuple[int, list[int]]] = loop.create_future()
+        exit_status: asyncio.Future[int] = loop.create_future()
         self._spawning[spec.jail_id] = started
-        self._exits[spec.jail_id] = loop.create_future()
+        self._exits[spec.jail_id] = exit_status
         request = {"op": "spawn", "id": spec.jail_id, "spec": spec_to_json(spec)}
-        await loop.sock_sendall(self._sock, json.dumps(request).encode())
+        try:
+            # A SOCK_SEQPACKET message goes whole or not at all: if this fails, no jail starts.
+            await loop.sock_sendall(self._sock, json.dumps(request).encode())
+        except BaseException:
+            self._spawning.pop(spec.jail_id, None)
+            self._exits.pop(spec.jail_id, None)
+            raise
         try:
             init_pid, fds = await started
+        except asyncio.CancelledError:
+            # The jail may be starting still: its uid and cgroup are not free to reuse before it
+            # is dead, so this does not return before either.
+            if started.done() and not started.cancelled() and started.exception() is None:
+                _abandon(started.result()[1])  # it arrived just as the cancellation did
+            await _until_done(exit_status)
+            raise
         except BaseException:
             self._exits.pop(spec.jail_id, None)
             raise
-        work, events, output, pidfd = fds
-        return Jail(
-            spec.jail_id, spec, init_pid, work, events, output, pidfd, self._exits[spec.jail_id]
-        )
+        work, events, output, pidfd, proxy = fds
+        return Jail(spec.jail_id, spec, init_pid, work, events, output, pidfd, proxy, exit_status)
 
     def _on_readable(self) -> None:
         while True:
             try:
-                data, fds, _flags, _addr = socket.recv_fds(self._sock, MAX_MESSAGE, _MAX_FDS)
+                data, fds = _receive(self._sock)
             except BlockingIOError:
                 return
             if not data:
@@ -121,13 +144,18 @@ class JailLauncher:
         if op == "spawned":
             future = self._spawning.pop(jail_id)
             if future.done():  # the caller gave up waiting: nobody will own this jail
-                _abandon(fds)
+                _abandon(fds)  # its "exited" follows
             else:
                 future.set_result((message["pid"], fds))
         elif op == "failed":
             future = self._spawning.pop(jail_id)
+            error = JailStartError(message["error"])
             if not future.done():
-                future.set_exception(JailStartError(message["error"]))
+                future.set_exception(error)
+            # The fork server reaped the jail's keeper before it said so: the jail is gone.
+            exit_future = self._exits.pop(jail_id, None)
+            if exit_future is not None and not exit_future.done():
+                exit_future.set_exception(error)
         elif op == "exited":
             exit_future = self._exits.pop(jail_id, None)
             if exit_future is not None and not exit_future.done():
@@ -152,12 +180,42 @@ class JailLauncher:
         await asyncio.get_running_loop().run_in_executor(None, self._process.wait)
 
 
+def _receive(sock: socket.socket) -> tuple[bytes, list[int]]:
+    """One message of the fork server and the descriptors it carries, close-on-exec.
+
+    Nothing the daemon ever executes may inherit a jail's descriptors. socket.recv_fds cannot
+    ask for that: it ignores its flags argument (CPython 3.11).
+    """
+    fd_bytes = array.array("i").itemsize * len(_SPAWNED_FDS)
+    data, ancillary, _flags, _addr = sock.recvmsg(
+        MAX_MESSAGE, socket.CMSG_LEN(fd_bytes), socket.MSG_CMSG_CLOEXEC
+    )
+    fds = array.array("i")
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(payload[: len(payload) - len(payload) % fds.itemsize])
+    return data, list(fds)
+
+
 def _abandon(fds: list[int]) -> None:
-    """Kill a jail nobody waits for (its pidfd is the last descriptor) and close its pipes."""
+    """Kill a jail nobody waits for and close its descriptors."""
     with contextlib.suppress(ProcessLookupError):
-        signal.pidfd_send_signal(fds[-1], signal.SIGKILL)
+        signal.pidfd_send_signal(fds[_SPAWNED_FDS.index("pidfd")], signal.SIGKILL)
     for fd in fds:
         os.close(fd)
+
+
+async def _until_done(exit_status: asyncio.Future[int]) -> None:
+    """Wait until a jail is gone, through any number of cancellations.
+
+    Bounded: the fork server answers every spawn within its START_TIMEOUT_S, and a jail that
+    started is killed on arrival (_abandon); a fork server that exits takes its jails along.
+    """
+    while not exit_status.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait([exit_status])
+    if not exit_status.cancelled():
+        exit_status.exception()  # seen: the caller raises its own CancelledError
 
 
 def _forkserver_env() -> dict[str, str]:

@@ -3,10 +3,12 @@
 Two processes run this code, both forked from the fork server (never a new Python interpreter):
 
 * the *keeper* joins the jail's cgroup, creates the namespaces, waits for the fork server to
-  write its id maps, takes the jail's ids, forks the jail's init and then only waits for it, so
-  that the init dies with it (parent-death signal) and its exit status reaches the fork server;
-* the *init* (pid 1 of the new pid namespace) builds the filesystem, the hostname, the loopback,
-  the limits, the descriptors and the privileges, then executes the runner.
+  write its id maps (the fork server also brings up the loopback of the new network namespace
+  and opens the egress socket there, see net.py), takes the jail's ids, forks the jail's init
+  and then only waits for it, so that the init dies with it (parent-death signal) and its exit
+  status reaches the fork server;
+* the *init* (pid 1 of the new pid namespace) builds the filesystem, the hostname, the limits,
+  the descriptors and the privileges, then executes the runner.
 
 Every step either succeeds or raises SetupError naming itself; the error text travels to the fork
 server over the error pipe, which closes on its own at exec (O_CLOEXEC), so "EOF without a word"
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import os
 import resource
+import select
 import signal
 import socket
 import struct
@@ -25,7 +28,7 @@ from typing import NoReturn
 
 import prctl
 
-from sandboxd.jail import ids, mounts, net
+from sandboxd.jail import ids, mounts
 from sandboxd.jail.errors import SetupError
 from sandboxd.jail.spec import JailSpec
 from sandboxd.jail.syscalls import (
@@ -74,9 +77,11 @@ def run_keeper(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoRetur
         _wait_server(fds, "id maps")
         ids.become_jail_user()
         _die_with(fork_server)  # changing credentials cleared the parent-death signal
+        keeper = _pidfd_of_self()
         init_pid = os.fork()
         if init_pid == 0:
-            run_init(spec, fds, seccomp_program)
+            run_init(spec, fds, seccomp_program, keeper)
+        os.close(keeper)
         _tell_server(fds, struct.pack("=i", init_pid))
         for fd in (fds.errors, fds.work, fds.events, fds.output, fds.to_server):
             os.close(fd)
@@ -89,14 +94,16 @@ def run_keeper(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoRetur
         _fail(fds, f"keeper: {type(exc).__name__}: {exc}")
 
 
-def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
-    """Pid 1 of the jail: build the jail around itself, then become the runner."""
+def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes, keeper: int) -> NoReturn:
+    """Pid 1 of the jail: build the jail around itself, then become the runner.
+
+    `keeper` is a pidfd of the keeper, its parent.
+    """
     try:
-        prctl.set_pdeathsig(signal.SIGKILL)
+        _die_with_keeper(keeper)
         os.setsid()  # a session of its own: no controlling terminal, no job-control signals
         mounts.enter_root(spec.rootfs, spec.limits.tmpfs_bytes)
         _set_hostname(spec.hostname)
-        net.bring_up_loopback()
         _set_rlimits(spec)
         _install_descriptors(fds)
         _drop_privileges()
@@ -114,6 +121,26 @@ def _die_with(parent: int) -> None:
     """Be killed when `parent` dies, also if it died just before (we were reparented then)."""
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent:
+        os._exit(SETUP_FAILED_EXIT)
+
+
+def _pidfd_of_self() -> int:
+    try:
+        return os.pidfd_open(os.getpid())
+    except OSError as exc:
+        raise SetupError(f"pidfd of the keeper: {exc}") from None
+
+
+def _die_with_keeper(keeper: int) -> None:
+    """Be killed when the keeper dies, also if it died just before the signal was set.
+
+    The init's parent is outside its pid namespace, where getppid() says 0 whether the keeper
+    lives or not; the keeper's pidfd turns readable once the keeper has exited.
+    """
+    prctl.set_pdeathsig(signal.SIGKILL)
+    keeper_exited = select.select([keeper], [], [], 0)[0]
+    os.close(keeper)
+    if keeper_exited:
         os._exit(SETUP_FAILED_EXIT)
 
 

@@ -20,6 +20,12 @@ JAIL_GID = 1000
 
 RUNNER_ARGV = ("/usr/local/bin/node", "/sandboxd/runner.js")
 
+# Where the egress proxy listens inside every jail: a socket on the jail's own loopback, created
+# by the fork server and handed to the daemon (sandboxd/jail/net.py). images/node/runner.js
+# connects to the same address.
+EGRESS_PROXY_HOST = "127.0.0.1"
+EGRESS_PROXY_PORT = 3128
+
 # Only these variables reach the jail. Everything of the daemon's environment (AWS_*, ECS_*,
 # NODE_EXTRA_CA_CERTS, which alone adds ~75 ms to every Node start) stays outside.
 RUNNER_ENV = (

@@ -22,6 +22,7 @@ _libc.mount.argtypes = [
 ]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
+_libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 
 CLONE_NEWNS = 0x00020000
@@ -57,6 +58,11 @@ def _arg(value: str | None) -> Any:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), "unshare")
+
+
+def setns(fd: int, nstype: int, step: str) -> None:
+    # os.setns exists only from Python 3.12.
+    _check(_libc.setns(fd, nstype), step)
 
 
 def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str = "") -> None:
