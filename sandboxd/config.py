@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from sandboxd.egress import AddressPolicy, EgressPolicy
 from sandboxd.limits import Limits
 from sandboxd.telemetry import EXPORTERS
 from sandboxd.tenants import TenantLimits, TenantPolicy
@@ -49,6 +51,18 @@ class Settings:
     queue_max_attempts: int = 3  # then the execution goes to the dead-letter stream
     queue_retention_s: float = 86_400.0  # events and results stay readable this long
     queue_retry_backoff_s: float = 1.0  # first retry delay of CRASHED / UNAVAILABLE, doubling
+    # Egress (docs/egress.md). Per tenant, the destinations its steps may reach through the
+    # daemon's proxy; a request may narrow them. TOML: [egress_allow] acme = ["api.partner.com",
+    # "*.dropbox.com:443,8443"]. A tenant not listed has no egress.
+    egress_allow: dict[str, list[str]] = field(default_factory=dict)
+    egress_deny_cidrs: tuple[str, ...] = ()  # denied on top of the built-in ranges
+    egress_public_cidrs: tuple[str, ...] = ()  # treated as public: for tests and demos only
+    egress_nameservers: tuple[str, ...] = ()  # empty: the host's /etc/resolv.conf
+    egress_static_hosts: dict[str, str] = field(default_factory=dict)  # name -> address
+    egress_upstream_proxy: str = ""  # "http://host:port": all egress through this gateway
+    egress_ca_file: str = ""  # PEM: CAs steps trust besides Node's own
+    egress_max_connections: int = 1024  # open at once through this daemon
+    egress_tenant_max_connections: int = 256  # open at once by one tenant's executions
     defaults: Limits = field(default_factory=Limits)
     ceilings: Limits = field(
         default_factory=lambda: Limits(
@@ -62,6 +76,11 @@ class Settings:
             log_bytes=16 * 1024 * 1024,
             result_bytes=256 * 1024 * 1024,
             log_lines=1_000_000,
+            egress_connections=256,
+            egress_connect_timeout_ms=60_000,
+            egress_idle_timeout_ms=600_000,
+            egress_bytes_sent=1024 * 1024 * 1024,
+            egress_bytes_received=4096 * 1024 * 1024,
         )
     )
 
@@ -81,7 +100,25 @@ class Settings:
         for item in fields(Limits):
             if getattr(self.defaults, item.name) > getattr(self.ceilings, item.name):
                 raise ConfigError(f"default limit {item.name} is above its ceiling")
+        self._validate_egress()
         return self
+
+    def _validate_egress(self) -> None:
+        try:
+            for tenant in self.egress_allow:
+                self.egress_policy(tenant)
+            self.egress_addresses()
+        except ValueError as exc:  # EgressPolicyError included
+            raise ConfigError(f"egress: {exc}") from None
+        if self.egress_ca_file and not os.access(self.egress_ca_file, os.R_OK):
+            raise ConfigError(f"egress_ca_file {self.egress_ca_file}: not readable")
+
+    def egress_policy(self, tenant_id: str) -> EgressPolicy:
+        """The destinations `tenant_id`'s executions may reach at most."""
+        return _parsed_policy(tuple(self.egress_allow.get(tenant_id, ())))
+
+    def egress_addresses(self) -> AddressPolicy:
+        return AddressPolicy.parse(self.egress_deny_cidrs, self.egress_public_cidrs)
 
     def running_capacity(self) -> int:
         wanted = self.max_running or 4 * (os.cpu_count() or 1)
@@ -91,6 +128,11 @@ class Settings:
         overrides = {tenant: TenantLimits(**limits) for tenant, limits in self.tenants.items()}
         default = TenantLimits(self.tenant_max_concurrent, self.tenant_max_queued)
         return TenantPolicy(default, overrides)
+
+
+@functools.cache
+def _parsed_policy(entries: tuple[str, ...]) -> EgressPolicy:
+    return EgressPolicy.parse(entries)
 
 
 def load(path: str | None = None, env: dict[str, str] | None = None, **flags: Any) -> Settings:
@@ -142,6 +184,10 @@ def _convert(settings: Settings, key: str, value: Any) -> Any:
         if not isinstance(value, dict):
             raise TypeError("expected a table")
         return value
+    if isinstance(current, tuple):
+        # A TOML array, or a comma-separated environment variable.
+        items = value.split(",") if isinstance(value, str) else value
+        return tuple(str(item).strip() for item in items if str(item).strip())
     if isinstance(current, bool):
         if isinstance(value, bool):
             return value

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import signal
 import time
+from collections.abc import Sequence
 from typing import cast
 
 import grpc
@@ -20,7 +21,8 @@ from redis.exceptions import RedisError
 
 from sandbox_client.v1 import sandbox_pb2, sandbox_pb2_grpc
 from sandboxd.config import ConfigError, Settings
-from sandboxd.executions import Executor
+from sandboxd.egress import EgressProxy
+from sandboxd.executions import EgressGateway, Executor
 from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.pool import JailPool
@@ -73,6 +75,7 @@ class Daemon:
         self.port = 0
         self.service: SandboxService | None = None
         self.executor: Executor | None = None
+        self._egress: EgressGateway | None = None
         self.admission: Admission | None = None
         self.queue: QueueWorker | None = None
         self._queue_depth: QueueDepth | None = None
@@ -106,7 +109,8 @@ class Daemon:
         await self._pool.start()
         self.telemetry.watch_pool(self._pool)
         self.telemetry.watch_admission(self.admission)
-        self.executor = Executor(self._pool, self.admission, self.telemetry)
+        self._egress = _egress_gateway(settings, self.telemetry)
+        self.executor = Executor(self._pool, self.admission, self.telemetry, self._egress)
         if settings.redis_url:
             self.queue = QueueWorker(
                 settings.redis_url,
@@ -206,6 +210,8 @@ class Daemon:
             await self._drain(self.executor, grace)
         if self._server is not None:
             await self._server.stop(_FINAL_EVENTS_S)
+        if self._egress is not None:
+            await self._egress.proxy.close()
         if self._pool is not None:
             await self._pool.close()
         if self._launcher is not None:
@@ -239,3 +245,22 @@ class Daemon:
         await stop.wait()
         log.info("shutting down: draining for up to %.0f s", self.settings.shutdown_grace_s)
         await self.stop()
+
+
+def _egress_gateway(settings: Settings, telemetry: Telemetry) -> EgressGateway:
+    """The egress proxy every jail's traffic goes through (docs/egress.md)."""
+    ca_pem = ""
+    if settings.egress_ca_file:
+        with open(settings.egress_ca_file, encoding="ascii") as handle:
+            ca_pem = handle.read()
+    static_hosts: dict[str, str | Sequence[str]] = dict(settings.egress_static_hosts)
+    proxy = EgressProxy(
+        settings.egress_addresses(),
+        settings.egress_nameservers,
+        static_hosts,
+        settings.egress_upstream_proxy or None,
+        on_connection=telemetry.egress_connection,
+        max_connections=settings.egress_max_connections,
+        max_connections_per_tenant=settings.egress_tenant_max_connections,
+    )
+    return EgressGateway(proxy, ca_pem)

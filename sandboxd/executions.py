@@ -15,13 +15,17 @@ import asyncio
 import collections
 import contextlib
 import ctypes
+import dataclasses
 import gc
 import json
+import os
+import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.channel import Frame, ProtocolError
+from sandboxd.egress import EgressGrant, EgressProxy, EgressSession, EgressUsage
 from sandboxd.events import EventStamper
 from sandboxd.jail.errors import JailError
 from sandboxd.kinds import outcome_name
@@ -104,11 +108,17 @@ class Execution:
     """One run of a plan on a pool's jail."""
 
     def __init__(
-        self, plan: ExecutionPlan, pool: JailPool, steps: AsyncIterator[StepPlan] | None = None
+        self,
+        plan: ExecutionPlan,
+        pool: JailPool,
+        steps: AsyncIterator[StepPlan] | None = None,
+        egress: EgressGateway | None = None,
     ):
         self.plan = plan
         self._pool = pool
         self._steps = steps
+        self._gateway = egress
+        self._egress: EgressSession | None = None
         self._events = EventStamper(plan.execution_id, Redactor(plan.credentials.values()))
         self._jail: PooledJail | None = None
         self._cancelled = False
@@ -131,8 +141,9 @@ class Execution:
         plan = self.plan
         began = time.monotonic()
         jail_limits = plan.limits.jail_limits(self._pool.limits.cpu_quota)
-        async with self._pool.lease(jail_limits) as jail:
+        async with self._pool.lease(jail_limits) as jail, self._egress_for(jail) as egress:
             self._jail = jail
+            self._egress = egress
             self.waiting_task = None
             if self._cancelled:
                 jail.kill()
@@ -151,17 +162,40 @@ class Execution:
             finally:
                 await output.close()
 
+    @contextlib.asynccontextmanager
+    async def _egress_for(self, jail: PooledJail) -> AsyncIterator[EgressSession | None]:
+        """The jail's egress: its proxy socket served under the plan's policy for the lease, or
+        closed at once when the plan allows no destination (connects are then refused)."""
+        listener = jail.take_proxy_fd()
+        if self._gateway is None or not self.plan.egress.destinations:
+            os.close(listener)
+            yield None
+            return
+        grant = EgressGrant(
+            self.plan.tenant_id,
+            self.plan.execution_id,
+            self.plan.egress,
+            self.plan.limits.egress_limits(),
+        )
+        session = self._gateway.proxy.attach(socket.socket(fileno=listener), grant)
+        try:
+            yield session
+        finally:
+            await session.close()
+
     async def _run_steps(
         self, jail: PooledJail, output: _JailOutput
     ) -> AsyncIterator[pb.ExecutionEvent]:
         began = time.monotonic()
         cpu_mark = _cpu_time_us(jail)
+        egress_mark = _egress_mark(self._egress)
         completed = 0
         failure: tuple[str, StepFailure] | None = None
         try:
             await self._send_context(jail, output)
         except StepFailure as exc:
-            yield self._events.finished(0, ("", exc), _usage(0, jail, cpu_mark))
+            usage = _usage(0, jail, cpu_mark, self._egress, egress_mark)
+            yield self._events.finished(0, ("", exc), usage)
             return
         async for step in self._step_source():
             if isinstance(step, StepFailure):
@@ -177,7 +211,7 @@ class Execution:
                 yield self._events.step_failed(step, exc)
                 if not (self.plan.session and exc.kind in RECOVERABLE):
                     break
-        usage = _usage(time.monotonic() - began, jail, cpu_mark)
+        usage = _usage(time.monotonic() - began, jail, cpu_mark, self._egress, egress_mark)
         yield self._events.finished(completed, failure, usage)
 
     async def _step_source(self) -> AsyncIterator[StepPlan | StepFailure]:
@@ -211,6 +245,8 @@ class Execution:
             "configVars": plan.config_vars,
             "credentials": plan.credentials,
         }
+        if self._gateway is not None and self._gateway.ca_pem and plan.egress.destinations:
+            header["egress"] = {"caPem": self._gateway.ca_pem}
         await self._send(jail, output, header, plan.input)
 
     async def _run_step(
@@ -220,6 +256,7 @@ class Execution:
         output.max_body = limits.result_bytes
         began = time.monotonic()
         cpu_mark = _cpu_time_us(jail)
+        egress_mark = _egress_mark(self._egress)
         if step.input is not None:
             await self._send(jail, output, {"t": "input", "seq": step.index}, step.input)
         header = {
@@ -239,7 +276,8 @@ class Execution:
                 problem = await _result_problem(item)
                 if problem:
                     raise await self._died(jail, output, f"the runner sent a bad result: {problem}")
-                usage = _usage(time.monotonic() - began, jail, cpu_mark)
+                duration = time.monotonic() - began
+                usage = _usage(duration, jail, cpu_mark, self._egress, egress_mark)
                 for event in self._events.step_result(step, item, usage):
                     yield event
                 return
@@ -365,15 +403,40 @@ def _cpu_time_us(jail: PooledJail) -> int:
     return 0
 
 
-def _usage(duration: float, jail: PooledJail, cpu_since_us: int) -> pb.Usage:
-    """Wall time, cpu time since a mark, and the jail's peak memory so far."""
+def _egress_mark(session: EgressSession | None) -> EgressUsage:
+    """A copy of the egress counters now, to count what a step or execution adds to them."""
+    return dataclasses.replace(session.usage) if session is not None else EgressUsage()
+
+
+def _usage(
+    duration: float,
+    jail: PooledJail,
+    cpu_since_us: int,
+    egress: EgressSession | None,
+    egress_since: EgressUsage,
+) -> pb.Usage:
+    """Wall time, cpu time and egress since their marks, and the jail's peak memory so far."""
     usage = pb.Usage(duration_us=int(duration * 1e6))
+    if egress is not None:
+        now = egress.usage
+        usage.egress_bytes_sent = now.bytes_sent - egress_since.bytes_sent
+        usage.egress_bytes_received = now.bytes_received - egress_since.bytes_received
+        usage.egress_connections = now.connections - egress_since.connections
+        usage.egress_denied = now.denied - egress_since.denied
     if jail.cgroup is not None:
         with contextlib.suppress(OSError):
             measured = jail.cgroup.usage()
             usage.cpu_time_us = max(0, measured.cpu_time_us - cpu_since_us)
             usage.peak_memory_bytes = measured.peak_memory_bytes
     return usage
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class EgressGateway:
+    """The daemon's egress proxy, and the CAs (PEM) steps trust besides Node's own."""
+
+    proxy: EgressProxy
+    ca_pem: str = ""
 
 
 class ExecutionAlreadyRunning(Exception):
@@ -388,8 +451,15 @@ class Executor:
     metrics) and counted by outcome.
     """
 
-    def __init__(self, pool: JailPool, admission: Admission, telemetry: Telemetry):
+    def __init__(
+        self,
+        pool: JailPool,
+        admission: Admission,
+        telemetry: Telemetry,
+        egress: EgressGateway | None = None,
+    ):
         self.pool = pool
+        self.egress = egress
         self.admission = admission
         self.telemetry = telemetry
         # Running executions by tenant and id: ids are unique per tenant, and nothing about an
@@ -415,7 +485,7 @@ class Executor:
         key = (plan.tenant_id, plan.execution_id)
         if key in self.running:
             raise ExecutionAlreadyRunning(f"execution {plan.execution_id} is already running")
-        execution = Execution(plan, self.pool, steps)
+        execution = Execution(plan, self.pool, steps, self.egress)
         execution.waiting_task = asyncio.current_task()
         self.running[key] = execution
         outcome = "CANCELLED"  # unless it finishes: the caller went away or cancelled it

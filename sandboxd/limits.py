@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
+from sandboxd.egress.records import EgressLimits
 from sandboxd.jail.spec import JailLimits, MiB
 
 
@@ -29,6 +30,12 @@ class Limits:
     log_bytes: int = 1 * MiB
     result_bytes: int = 64 * MiB
     log_lines: int = 10_000
+    # Egress, per execution (all its connections together).
+    egress_connections: int = 16
+    egress_connect_timeout_ms: int = 10_000
+    egress_idle_timeout_ms: int = 60_000
+    egress_bytes_sent: int = 64 * MiB
+    egress_bytes_received: int = 256 * MiB
 
     def jail_limits(self, cpu_quota: float) -> JailLimits:
         """The kernel side of these limits."""
@@ -40,6 +47,16 @@ class Limits:
             open_files=self.open_files,
             file_size_bytes=self.file_size_bytes,
             tmpfs_bytes=self.tmpfs_bytes,
+        )
+
+    def egress_limits(self) -> EgressLimits:
+        """The egress proxy's side of these limits."""
+        return EgressLimits(
+            max_connections=self.egress_connections,
+            connect_timeout_s=self.egress_connect_timeout_ms / 1000,
+            idle_timeout_s=self.egress_idle_timeout_ms / 1000,
+            max_bytes_sent=self.egress_bytes_sent,
+            max_bytes_received=self.egress_bytes_received,
         )
 
     def override(self, requested: Any, ceiling: Limits) -> Limits:

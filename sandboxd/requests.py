@@ -11,6 +11,13 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd.egress.policy import (
+    DEFAULT_PORTS,
+    EgressDestination,
+    EgressPolicy,
+    EgressPolicyError,
+    narrow,
+)
 from sandboxd.limits import LimitError, Limits, step_override
 
 if TYPE_CHECKING:  # config imports this module's neighbours; only the type is needed here
@@ -49,6 +56,7 @@ class ExecutionPlan:
     limits: Limits
     config_vars: dict[str, str] = field(default_factory=dict)
     credentials: dict[str, str] = field(default_factory=dict)
+    egress: EgressPolicy = EgressPolicy.NONE  # what the steps may reach; NONE: no network
     attempt: int = 1
     session: bool = False  # steps come from the caller one by one; a throw does not end it
     idle_timeout_s: float | None = None
@@ -60,7 +68,6 @@ def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionP
     tenant_id, execution_id, limits = _identity_and_limits(request, settings)
     steps = _plan_steps(request.steps, limits, settings)
     returned = _returned_steps(request, steps)
-    _refuse_egress(request.egress)
     return ExecutionPlan(
         execution_id=execution_id or _new_execution_id(),
         tenant_id=tenant_id,
@@ -69,6 +76,7 @@ def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionP
         limits=limits,
         config_vars=dict(request.config_vars),
         credentials=dict(request.credentials),
+        egress=_egress_policy(request.egress, tenant_id, settings, "egress"),
     )
 
 
@@ -90,9 +98,23 @@ def _new_execution_id() -> str:
     return uuid.uuid4().hex
 
 
-def _refuse_egress(policy: pb.EgressPolicy) -> None:
-    if policy.allow:
-        raise InvalidRequest("egress is not enabled on this daemon", "egress.allow[0]")
+def _egress_policy(
+    requested: pb.EgressPolicy, tenant_id: str, settings: Settings, field: str
+) -> EgressPolicy:
+    """The destinations the request asks for, within its tenant's allowlist (never wider)."""
+    destinations = []
+    for index, destination in enumerate(requested.allow):
+        where = f"{field}.allow[{index}]"
+        try:
+            ports = tuple(destination.ports) or DEFAULT_PORTS
+            destinations.append(EgressDestination(destination.host, ports))
+        except EgressPolicyError as exc:
+            raise InvalidRequest(str(exc), where) from None
+        try:
+            narrow(EgressPolicy((destinations[-1],)), settings.egress_policy(tenant_id), tenant_id)
+        except EgressPolicyError as exc:
+            raise InvalidRequest(str(exc), where) from None
+    return EgressPolicy(tuple(destinations))
 
 
 def _returned_steps(request: pb.ExecuteRequest, steps: tuple[StepPlan, ...]) -> set[str]:
@@ -127,7 +149,6 @@ def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
         raise InvalidRequest(
             f"max_steps {max_steps} is above {settings.max_session_steps}", "open.max_steps"
         )
-    _refuse_egress(request.egress)
     idle_ms = request.idle_timeout_ms
     return ExecutionPlan(
         execution_id=execution_id or _new_execution_id(),
@@ -137,6 +158,7 @@ def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
         limits=limits,
         config_vars=dict(request.config_vars),
         credentials=dict(request.credentials),
+        egress=_egress_policy(request.egress, tenant_id, settings, "open.egress"),
         session=True,
         idle_timeout_s=idle_ms / 1000 if idle_ms else settings.session_idle_timeout_s,
         max_steps=max_steps,

@@ -42,6 +42,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import __version__
+from sandboxd.egress.records import ConnectionRecord
 from sandboxd.jail.errors import JailError
 from sandboxd.kinds import SUCCEEDED, kind_name, outcome_name
 from sandboxd.pool import PoolClosed
@@ -111,6 +112,11 @@ class _Instruments:
             "Time an execution waited for its jail",
             explicit_bucket_boundaries_advisory=_SHORT_BUCKETS_S,
         )
+        self.egress_connections = meter.create_counter(
+            "sandboxd.egress.connections",
+            "{connection}",
+            "Connections from jails to the egress proxy, by outcome",
+        )
         self.jail_start = meter.create_histogram(
             "sandboxd.jail.start",
             "s",
@@ -173,6 +179,10 @@ class Telemetry:
 
     def jail_started(self, seconds: float) -> None:
         self._instruments.jail_start.record(seconds)
+
+    def egress_connection(self, record: ConnectionRecord) -> None:
+        """Count one egress connection by outcome (never its host: unbounded cardinality)."""
+        self._instruments.egress_connections.add(1, {"sandboxd.egress.outcome": record.outcome})
 
     def watch_pool(self, pool: PoolFigures) -> None:
         """Gauges of the pool's warm, leased and starting jails, and a count of failed ones."""

@@ -22,11 +22,12 @@ from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import decode_result, result_of
 from sandbox_client._format import format_event
 from sandbox_client._queue import ExecutionInfo, QueueClient
-from sandbox_client._request import Limits, Step
+from sandbox_client._request import Destination, Limits, Step
 from sandbox_client._session import Session
 from sandbox_client._sync import SyncSandboxClient
 
 __all__ = [
+    "Destination",
     "ErrorKind",
     "ExecutionInfo",
     "Limits",

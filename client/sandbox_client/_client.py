@@ -23,7 +23,7 @@ from sandbox_client._chunks import CHUNK_BYTES, Reassembler, upload
 from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import error_from_rpc
 from sandbox_client._events import result_of
-from sandbox_client._request import Limits, ReturnResults, Step, execute_request
+from sandbox_client._request import Egress, Limits, ReturnResults, Step, execute_request
 from sandbox_client._session import Session, open_message
 from sandbox_client.v1 import sandbox_pb2, sandbox_pb2_grpc
 
@@ -115,6 +115,7 @@ class SandboxClient(AsyncClosing):
         credentials: Mapping[str, str] | None = None,
         limits: Limits | None = None,
         return_results: ReturnResults = "all",
+        egress: Egress | None = None,
         timeout: float | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> AsyncGenerator[sandbox_pb2.ExecutionEvent, None]:
@@ -139,6 +140,9 @@ class SandboxClient(AsyncClosing):
             return_results: whose results come back: "all", "last", "none", or a list of step
                 names; the others stay in the jail (later steps still read them) and their
                 StepFinished carries only the size.
+            egress: the destinations the steps may reach (``fetch``, ``https.request``), as
+                :class:`Destination` or "host[:port,...]" strings; within the tenant's
+                allowlist. None: no network.
             timeout: seconds until the gRPC deadline; the execution is cancelled then and the
                 error kind is DEADLINE_EXCEEDED.
             metadata: extra gRPC request metadata.
@@ -153,6 +157,7 @@ class SandboxClient(AsyncClosing):
             credentials=credentials,
             limits=limits,
             return_results=return_results,
+            egress=egress,
         )
         writer: asyncio.Task[None] | None = None
         if len(request.input) > CHUNK_BYTES:
@@ -188,6 +193,7 @@ class SandboxClient(AsyncClosing):
         limits: Limits | None = None,
         idle_timeout: float | None = None,
         max_steps: int | None = None,
+        egress: Egress | None = None,
         metadata: Sequence[tuple[str, str]] | None = None,
     ) -> Session:
         """A session: one jail, steps sent one at a time (``async with`` it; see Session)."""
@@ -199,6 +205,7 @@ class SandboxClient(AsyncClosing):
             limits=limits,
             idle_timeout=idle_timeout,
             max_steps=max_steps,
+            egress=egress,
         )
         return Session(self._stub.Session(metadata=metadata), message)
 

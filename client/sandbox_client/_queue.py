@@ -26,7 +26,7 @@ from typing import Any, ParamSpec, TypeVar
 from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import result_of
-from sandbox_client._request import Limits, Step, execute_request
+from sandbox_client._request import Egress, Limits, Step, execute_request
 from sandbox_client.v1 import sandbox_pb2
 from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
@@ -94,6 +94,7 @@ class QueueClient(AsyncClosing):
         config_vars: Mapping[str, str] | None = None,
         credentials: Mapping[str, str] | None = None,
         limits: Limits | None = None,
+        egress: Egress | None = None,
         run_at: datetime | None = None,
     ) -> str:
         """Queue an execution and return its id; an id already queued is not queued again.
@@ -116,6 +117,7 @@ class QueueClient(AsyncClosing):
             config_vars=config_vars,
             credentials=credentials,
             limits=limits,
+            egress=egress,
         ).SerializeToString()
         if len(request) > self._max_payload:
             raise SandboxError(

@@ -32,6 +32,11 @@ class Limits:
     log_bytes: int | None = None
     result_bytes: int | None = None
     log_lines: int | None = None
+    egress_connections: int | None = None
+    egress_connect_timeout_ms: int | None = None
+    egress_idle_timeout_ms: int | None = None
+    egress_bytes_sent: int | None = None
+    egress_bytes_received: int | None = None
 
     def to_proto(self) -> sandbox_pb2.Limits:
         """The proto message, where 0 stands for an unset (None) limit."""
@@ -58,6 +63,50 @@ class Step:
         return sandbox_pb2.Step(name=self.name, code=self.code, limits=limits)
 
 
+@dataclass(frozen=True, slots=True)
+class Destination:
+    """A destination steps may reach through the daemon's egress proxy.
+
+    ``host`` is an exact name ("api.example.com"), "*.example.com" for every name below
+    example.com, or an IP literal; ``ports`` default to 443. The daemon refuses a destination its
+    tenant's allowlist (set by the operator) does not cover.
+    """
+
+    host: str
+    ports: tuple[int, ...] = (443,)
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        """From "host", "host:443,8443", "*.suffix:443" or "[2001:db8::1]:443"."""
+        host, ports = text, ""
+        if text.startswith("["):
+            host, _, rest = text[1:].partition("]")
+            ports = rest.removeprefix(":")
+        elif text.count(":") == 1:
+            host, _, ports = text.partition(":")
+        if not ports:
+            return cls(host)
+        try:
+            return cls(host, tuple(int(port) for port in ports.split(",")))
+        except ValueError:
+            raise ValueError(f"egress destination {text!r}: bad port list {ports!r}") from None
+
+    def to_proto(self) -> sandbox_pb2.EgressDestination:
+        return sandbox_pb2.EgressDestination(host=self.host, ports=list(self.ports))
+
+
+# Destinations as Destination objects or strings ("api.example.com:443").
+Egress = Sequence["Destination | str"]
+
+
+def egress_policy(egress: Egress | None) -> sandbox_pb2.EgressPolicy | None:
+    """The proto policy for ``egress``; None (no egress) when empty."""
+    if not egress:
+        return None
+    destinations = [d if isinstance(d, Destination) else Destination.parse(d) for d in egress]
+    return sandbox_pb2.EgressPolicy(allow=[d.to_proto() for d in destinations])
+
+
 def execute_request(
     *,
     tenant_id: str,
@@ -69,6 +118,7 @@ def execute_request(
     credentials: Mapping[str, str] | None,
     limits: Limits | None,
     return_results: ReturnResults = "all",
+    egress: Egress | None = None,
 ) -> sandbox_pb2.ExecuteRequest:
     """The ExecuteRequest for :meth:`SandboxClient.execute`'s arguments."""
     selection, named = _selection(return_results)
@@ -82,6 +132,7 @@ def execute_request(
         config_vars=dict(config_vars or {}),
         credentials=dict(credentials or {}),
         limits=limits.to_proto() if limits else None,
+        egress=egress_policy(egress),
     )
 
 

@@ -21,7 +21,7 @@ import grpc
 from sandbox_client._chunks import CHUNK_BYTES, Reassembler, pieces
 from sandbox_client._errors import ErrorKind, SandboxError, error_from_rpc
 from sandbox_client._events import decode_result
-from sandbox_client._request import Limits, input_bytes
+from sandbox_client._request import Egress, Limits, egress_policy, input_bytes
 from sandbox_client.v1 import sandbox_pb2
 
 
@@ -160,6 +160,7 @@ def open_message(
     limits: Limits | None,
     idle_timeout: float | None,
     max_steps: int | None,
+    egress: Egress | None = None,
 ) -> sandbox_pb2.SessionOpen:
     return sandbox_pb2.SessionOpen(
         tenant_id=tenant_id,
@@ -169,4 +170,5 @@ def open_message(
         limits=limits.to_proto() if limits else None,
         idle_timeout_ms=round(idle_timeout * 1000) if idle_timeout else 0,
         max_steps=max_steps or 0,
+        egress=egress_policy(egress),
     )
