@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import logging
 import re
@@ -175,9 +176,12 @@ def _printable_result(finished: pb.StepFinished) -> object:
 
 
 def _demo(args: argparse.Namespace, settings: Settings) -> int:
-    from sandboxd.demo import run_demo
+    from sandboxd.demo import CREDENTIALS, demo_settings, order_export, run_demo
+    from sandboxd.demo_partner import partner_servers
 
-    return asyncio.run(_with_local_daemon(settings, 2, run_demo))
+    with partner_servers(order_export(), CREDENTIALS["apiToken"]) as partners:
+        run = functools.partial(run_demo, partners=partners)
+        return asyncio.run(_with_local_daemon(demo_settings(settings, partners), 2, run))
 
 
 def _status(args: argparse.Namespace, settings: Settings) -> int:

@@ -1,14 +1,17 @@
-"""The demo integration: the article's six steps, shaped like a customer's, without network.
+"""The demo integration: the article's six steps, shaped like a customer's.
 
-An ERP exports orders as XML; the integration checks the export (``fetch``), parses it with the
-customer's own parser (``parse``), normalises amounts, currencies and dates (``transform``),
-reports invalid orders (``validate``), builds the partner API request with a stored token
-(``build_request``) and summarises the run (``summarise``). The steps are the JavaScript files in
-``demo_steps/``; they pass data through ``context.steps`` inside one jail, so nothing is copied
-between steps (the article's Lambda + SQS version took a minute for the same shape of work).
+An ERP exports orders as XML to a partner's file store; the integration downloads the export
+(``fetch``), parses it with the customer's own parser (``parse``), normalises amounts, currencies
+and dates (``transform``), reports invalid orders (``validate``), posts the valid ones to the
+partner's bulk order API with a stored token (``send_orders``) and summarises the run
+(``summarise``). The steps are the JavaScript files in ``demo_steps/``; they pass data through
+``context.steps`` inside one jail, so nothing is copied between steps (the article's Lambda + SQS
+version took a minute for the same shape of work).
 
-``run_demo`` runs it once against a daemon and prints the events and timings;
-``demo_request`` gives tests and benchmarks the same integration.
+``run_demo`` runs it once against a daemon, with the partner's servers of ``demo_partner`` and an
+egress allowlist naming them, and prints the events, timings and the partner's answer.
+``demo_request`` gives tests and benchmarks the same integration without network: the export
+arrives in the input and the request is only prepared.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterable, AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import resources
 from typing import Any, NamedTuple, TextIO
 from xml.sax.saxutils import escape, quoteattr
 
 from sandbox_client import SandboxClient, SandboxError, Step, format_event, result_of
 from sandbox_client.v1 import sandbox_pb2
+from sandboxd.config import Settings
+from sandboxd.demo_partner import PARTNER_NETWORK, Partners
 
 TENANT_ID = "demo"
-STEP_NAMES = ("fetch", "parse", "transform", "validate", "build_request", "summarise")
+STEP_NAMES = ("fetch", "parse", "transform", "validate", "send_orders", "summarise")
 ORDER_COUNT = 200
 
 # Units of the base currency (USD) per unit of each currency.
@@ -90,13 +95,27 @@ class DemoRequest(NamedTuple):
 
 
 def demo_request(order_count: int = ORDER_COUNT) -> DemoRequest:
-    """The demo integration: its six steps, the XML export as input, config vars, credentials."""
+    """The demo integration without network: its six steps, the XML export as input, the
+    request to the partner prepared but not sent, config vars, credentials."""
     return DemoRequest(
         steps=demo_steps(),
         input={"document": order_export(order_count)},
-        config_vars=dict(CONFIG_VARS),
+        config_vars={**CONFIG_VARS, "delivery": "prepare"},
         credentials=dict(CREDENTIALS),
     )
+
+
+def demo_settings(settings: Settings, partners: Partners) -> Settings:
+    """`settings` with what an operator would configure for the demo tenant to reach the
+    partner: its allowlist, the partner names' addresses, those addresses treated as public
+    (they are on loopback), and the partner's CA."""
+    return replace(
+        settings,
+        egress_allow={**settings.egress_allow, TENANT_ID: list(partners.allowlist)},
+        egress_static_hosts={**settings.egress_static_hosts, **partners.static_hosts},
+        egress_public_cidrs=(*settings.egress_public_cidrs, PARTNER_NETWORK),
+        egress_ca_file=partners.ca_file,
+    ).validate()
 
 
 def demo_steps() -> list[Step]:
@@ -218,20 +237,25 @@ class _Watch:
         return ""
 
 
-async def run_demo(target: str, *, out: TextIO = sys.stdout) -> int:
-    """Run the demo integration once on the daemon at ``target``; 0 on success, 1 on failure."""
-    request = demo_request()
-    print(_banner(target, request), file=out)
+async def run_demo(target: str, partners: Partners, *, out: TextIO = sys.stdout) -> int:
+    """Run the demo integration once on the daemon at ``target`` (started with
+    ``demo_settings``), against ``partners``; 0 on success, 1 on failure."""
+    steps = demo_steps()
+    print(_banner(target, partners), file=out)
     watch = _Watch(out)
     try:
         async with SandboxClient(target) as client:
             started = time.perf_counter()
             events = client.execute(
                 tenant_id=TENANT_ID,
-                steps=request.steps,
-                input=request.input,
-                config_vars=request.config_vars,
-                credentials=request.credentials,
+                steps=steps,
+                config_vars={
+                    **CONFIG_VARS,
+                    "exportUrl": partners.export_url,
+                    "endpoint": partners.import_url,
+                },
+                credentials=dict(CREDENTIALS),
+                egress=partners.allowlist,
                 timeout=_TIMEOUT_S,
             )
             result = await result_of(watch.shown(events))
@@ -241,14 +265,18 @@ async def run_demo(target: str, *, out: TextIO = sys.stdout) -> int:
         print(f"demo failed: {error.kind.name}{where}: {error.message}", file=out)
         return 1
     print(f"\n{_report(watch.steps, wall_s, result)}", file=out)
+    answer = result.get("partnerResponse") if isinstance(result, dict) else None
+    print(f"\nthe partner API answered: {json.dumps(answer)}", file=out)
+    for received in partners.received.requests:
+        print(f"the partner API received: {json.dumps(received)}", file=out)
     return 0
 
 
-def _banner(target: str, request: DemoRequest) -> str:
-    xml_kib = len(request.input["document"].encode()) / 1024
+def _banner(target: str, partners: Partners) -> str:
     return (
-        f"sandboxd demo: {len(request.steps)} steps as tenant {TENANT_ID!r} on {target}; "
-        f"input: {xml_kib:.1f} KiB of XML with {ORDER_COUNT} orders\n"
+        f"sandboxd demo: {len(STEP_NAMES)} steps as tenant {TENANT_ID!r} on {target}\n"
+        f"partner: {partners.export_url} ({ORDER_COUNT} orders as XML) and {partners.import_url}; "
+        f"egress allowlist: {', '.join(partners.allowlist)}\n"
     )
 
 

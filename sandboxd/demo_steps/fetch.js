@@ -1,6 +1,8 @@
-// Step 1 of the demo integration: "fetch" the order export.
-// A real integration would download it (Dropbox, SFTP, ...); the demo has no network, so the
-// document arrives in the execution's input and this step checks it and describes it.
+// Step 1 of the demo integration: fetch the order export from the partner.
+// With configVars.exportUrl it downloads it (HTTPS through the daemon's egress proxy, which lets
+// the step reach only the hosts its tenant's allowlist names); without it, the export was pushed
+// to the integration and arrives in the execution's input. Either way the step checks it and
+// describes it.
 
 // FNV-1a (32 bit): a cheap fingerprint to spot re-sent exports, not a security checksum.
 function fingerprint(text) {
@@ -12,10 +14,18 @@ function fingerprint(text) {
   return hash.toString(16).padStart(8, "0");
 }
 
+async function download(url) {
+  const response = await fetch(url, { headers: { Accept: "application/xml" } });
+  if (!response.ok) throw new Error(`GET ${url}: ${response.status} ${response.statusText}`);
+  console.log(`downloaded ${url} (${response.headers.get("content-type")})`);
+  return response.text();
+}
+
 module.exports = async (context) => {
-  const document = context.input && context.input.document;
+  const url = context.configVars.exportUrl;
+  const document = url ? await download(url) : context.input && context.input.document;
   if (typeof document !== "string" || !document.trimStart().startsWith("<")) {
-    throw new Error("input.document must be the XML order export, as a string");
+    throw new Error("the order export must be an XML document");
   }
   const bytes = Buffer.byteLength(document, "utf8");
   const root = /<([A-Za-z_][\w.-]*)[\s>]/.exec(document.replace(/<\?[\s\S]*?\?>|<!--[\s\S]*?-->/g, ""));

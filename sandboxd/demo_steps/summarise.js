@@ -20,7 +20,7 @@ function ranked(totals) {
 module.exports = async (context) => {
   const { baseCurrency, orders } = context.steps.transform;
   const { valid, invalid } = context.steps.validate;
-  const request = context.steps.build_request;
+  const request = context.steps.send_orders;
 
   const byCurrency = new Map();
   const byCustomer = new Map();
@@ -34,7 +34,8 @@ module.exports = async (context) => {
   const days = valid.map((order) => order.placedOn).sort();
   const grandTotal = grandTotalCents / 100;
   console.log(
-    `${valid.length} orders worth ${grandTotal.toFixed(2)} ${baseCurrency} ready to send, ` +
+    `${valid.length} orders worth ${grandTotal.toFixed(2)} ${baseCurrency} ` +
+      `${request.sent ? "sent" : "ready to send"}, ` +
       `${invalid.length} skipped`,
   );
   return {
@@ -45,5 +46,6 @@ module.exports = async (context) => {
     topCustomers: ranked(byCustomer).slice(0, 5),
     invalidOrders: invalid.map((entry) => ({ id: entry.id, problems: entry.problems })),
     request: { method: request.method, url: request.url, bodyBytes: request.bodyBytes },
+    partnerResponse: request.sent ? { status: request.status, ...request.response } : null,
   };
 };

@@ -1,6 +1,7 @@
-// Step 5 of the demo integration: build the request to the partner's bulk order API.
+// Step 5 of the demo integration: send the valid orders to the partner's bulk order API.
 // The token comes from the stored credentials and goes only into the Authorization header:
-// it is never logged (the logged headers are redacted).
+// it is never logged (the logged headers are redacted). With configVars.delivery "prepare" the
+// step only builds the request (for runs without network, such as the benchmarks).
 
 function orderPayload(order) {
   return {
@@ -45,7 +46,13 @@ module.exports = async (context) => {
     "User-Agent": "acme-orders-sync/1.4",
   };
   const bodyBytes = Buffer.byteLength(body, "utf8");
-  console.log(`prepared POST ${endpoint}: ${valid.length} orders, ${bodyBytes} bytes`);
+  console.log(`POST ${endpoint}: ${valid.length} orders, ${bodyBytes} bytes`);
   context.logger.debug(`headers: ${JSON.stringify({ ...headers, Authorization: "Bearer ***" })}`);
-  return { method: "POST", url: endpoint, headers, body, bodyBytes };
+  const request = { method: "POST", url: endpoint, bodyBytes };
+  if (context.configVars.delivery === "prepare") return { ...request, sent: false };
+  const response = await fetch(endpoint, { method: "POST", headers, body });
+  const answer = await response.json();
+  if (!response.ok) throw new Error(`POST ${endpoint}: ${response.status} ${answer.error}`);
+  console.log(`partner answered ${response.status}: batch ${answer.batchId}`);
+  return { ...request, sent: true, status: response.status, response: answer };
 };
