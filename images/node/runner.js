@@ -13,6 +13,9 @@
 const fs = require('fs');
 const util = require('util');
 const net = require('net');
+const http = require('http');
+const https = require('https');
+const tls = require('tls');
 const Module = require('module');
 
 // ---------------------------------------------------------------------------------------------
@@ -45,11 +48,16 @@ const StringPrototypeIndexOf = uncurryThis(String.prototype.indexOf);
 const StringPrototypeLastIndexOf = uncurryThis(String.prototype.lastIndexOf);
 const StringPrototypeStartsWith = uncurryThis(String.prototype.startsWith);
 const StringPrototypeCharCodeAt = uncurryThis(String.prototype.charCodeAt);
+const StringPrototypeToLowerCase = uncurryThis(String.prototype.toLowerCase);
+const StringPrototypeTrim = uncurryThis(String.prototype.trim);
 const StringFromCharCode = String.fromCharCode;
 const ErrorCaptureStackTrace = Error.captureStackTrace;
 
 const PromisePrototypeThen = uncurryThis(Promise.prototype.then);
 const PromiseResolve = FunctionPrototypeBind(Promise.resolve, Promise);
+const PromiseReject = FunctionPrototypeBind(Promise.reject, Promise);
+const ErrorCtor = Error;
+const NumberCtor = Number;
 
 const U8 = Uint8Array;
 const TypedArrayPrototype = ReflectGetPrototypeOf(Uint8Array.prototype);
@@ -79,6 +87,23 @@ const isPromise = util.types.isPromise;
 const ModuleCtor = Module;
 const ModuleCompile = uncurryThis(Module.prototype._compile);
 const ModuleNodeModulePaths = Module._nodeModulePaths;
+
+const netConnect = net.connect;
+const netIsIP = net.isIP;
+const tlsConnect = tls.connect;
+const tlsCreateSecureContext = tls.createSecureContext;
+const TLS_ROOT_CERTIFICATES = tls.rootCertificates;
+const HttpAgentPrototype = http.Agent.prototype;
+const HttpsAgentPrototype = https.Agent.prototype;
+const httpCreateConnection = HttpAgentPrototype.createConnection;
+const httpsCreateConnection = HttpsAgentPrototype.createConnection;
+// fetch is Node's built-in (undici). Its dispatcher, which opens the connections, is an undici
+// Agent that Node creates when the fetch module loads: at startup on Node 22, at the first use of
+// fetch (or Headers, Request, Response, FormData) on Node 20. Reading the lazy Headers global
+// loads the module without sending anything.
+const fetchBuiltin = globalThis.fetch;
+const loadFetchModule = (ReflectGetOwnPropertyDescriptor(globalThis, 'Headers') || {}).get;
+const UNDICI_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
 
 const processNextTick = process.nextTick;
 // reallyExit ends the process without running 'exit' listeners, which customer code could use
@@ -729,6 +754,374 @@ function onStray(value, what) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Egress: fetch, http and https through the daemon's egress proxy
+// ---------------------------------------------------------------------------------------------
+
+// A jail has no route out. Its one way to other hosts is the daemon's egress proxy, which listens
+// on the jail's own loopback (EGRESS_PROXY_PORT in sandboxd/jail/spec.py) and applies the
+// execution's egress policy. fetch and every http/https Agent reach other hosts through a CONNECT
+// tunnel there (TLS stays end to end, certificates are verified in here); hosts on the jail's own
+// loopback are reached directly, as before. This is how steps get their network, not a boundary:
+// code that goes around it reaches nothing but the jail's own loopback.
+//
+// Unlike the frames above, the connector calls socket methods in the ordinary way: customer code
+// that breaks them breaks only its own requests.
+const EGRESS_PROXY_HOST = '127.0.0.1';
+const EGRESS_PROXY_PORT = 3128;
+const CONNECT_ANSWER_MAX_BYTES = 16 * 1024;
+// A bound on waiting for the proxy's answer; the proxy bounds its own connects far below this.
+const CONNECT_ANSWER_TIMEOUT_MS = 60 * 1000;
+// The proxy's reason for a refusal: a denial by the policy, or a failure (DNS, connect, limits).
+const DENIED_HEADER = 'x-sandboxd-egress-denied';
+const ERROR_HEADER = 'x-sandboxd-egress-error';
+const CRLFCRLF = [13, 10, 13, 10];
+
+// The CA certificates of the exec frame's egress.caPem, added to Node's own, and the TLS context
+// made of them, built at the first TLS connection that needs it (building a context from ~150
+// certificates costs tens of milliseconds).
+let egressCaList = null;
+let egressSecureContext = null;
+
+function egressError(code, target, detail) {
+  const verb = code === 'EGRESS_DENIED' ? ' denied by the egress policy: ' : ' failed: ';
+  const err = new ErrorCtor('egress to ' + target + verb + detail);
+  defineOwn(err, 'code', code);
+  return err;
+}
+
+// host:port as a CONNECT request names it: an IPv6 literal in brackets.
+function authority(host, port) {
+  return (netIsIP(host) === 6 ? '[' + host + ']' : host) + ':' + port;
+}
+
+// A host name or address without the brackets URLs put around IPv6 literals.
+function bareHost(host) {
+  const text = safeString(host);
+  if (StringPrototypeStartsWith(text, '[') && text[text.length - 1] === ']') {
+    return StringPrototypeSlice(text, 1, text.length - 1);
+  }
+  return text;
+}
+
+function isJailLocal(host) {
+  const name = StringPrototypeToLowerCase(host);
+  if (name === 'localhost' || name === '::1') return true;
+  return netIsIP(name) === 4 && StringPrototypeStartsWith(name, '127.');
+}
+
+function portOf(port, fallback) {
+  const number = NumberCtor(port);
+  return port === undefined || port === null || port === '' || !(number > 0) ? fallback : number;
+}
+
+function findHeadEnd(bytes, length) {
+  for (let i = 0; i + 4 <= length; i += 1) {
+    if (
+      bytes[i] === CRLFCRLF[0] &&
+      bytes[i + 1] === CRLFCRLF[1] &&
+      bytes[i + 2] === CRLFCRLF[2] &&
+      bytes[i + 3] === CRLFCRLF[3]
+    ) {
+      return i;
+    }
+  }
+  return -1;
+}
+
+// {status, reason, denied, error} of the proxy's answer head, or null when it is not HTTP/1.x.
+function parseAnswer(text) {
+  const lineEnd = StringPrototypeIndexOf(text, '\r\n');
+  const statusLine = lineEnd === -1 ? text : StringPrototypeSlice(text, 0, lineEnd);
+  const status = NumberCtor(StringPrototypeSlice(statusLine, 9, 12));
+  if (!StringPrototypeStartsWith(statusLine, 'HTTP/1.') || statusLine[8] !== ' ') return null;
+  if (!NumberIsSafeInteger(status) || status < 100) return null;
+  const answer = {
+    __proto__: null,
+    status,
+    reason: StringPrototypeTrim(StringPrototypeSlice(statusLine, 12)),
+    denied: null,
+    error: null,
+  };
+  let at = lineEnd;
+  while (at !== -1) {
+    const start = at + 2;
+    at = StringPrototypeIndexOf(text, '\r\n', start);
+    const line = StringPrototypeSlice(text, start, at === -1 ? text.length : at);
+    const colon = StringPrototypeIndexOf(line, ':');
+    if (colon <= 0) continue;
+    const name = StringPrototypeToLowerCase(StringPrototypeSlice(line, 0, colon));
+    const value = StringPrototypeTrim(StringPrototypeSlice(line, colon + 1));
+    if (name === DENIED_HEADER) answer.denied = value;
+    else if (name === ERROR_HEADER) answer.error = value;
+  }
+  return answer;
+}
+
+function answerError(target, answer) {
+  if (answer === null) {
+    return egressError('EGRESS_FAILED', target, 'the egress proxy sent a malformed answer');
+  }
+  if (answer.status === 403 && answer.denied !== null) {
+    return egressError('EGRESS_DENIED', target, answer.denied || 'no reason given');
+  }
+  let detail = 'the egress proxy answered ' + answer.status;
+  if (answer.reason !== '') detail += ' ' + answer.reason;
+  if (answer.error) detail += ': ' + answer.error;
+  return egressError('EGRESS_FAILED', target, detail);
+}
+
+// A TCP connection to host:port through the proxy: done(null, socket) once the proxy answered
+// 200, else done(error) with code EGRESS_DENIED or EGRESS_FAILED. Never anything else: a refused
+// connection to the proxy means the execution has no egress at all.
+function openTunnel(host, port, done) {
+  const target = authority(host, port);
+  const socket = netConnect({ __proto__: null, host: EGRESS_PROXY_HOST, port: EGRESS_PROXY_PORT });
+  let received = new U8(0);
+  let settled = false;
+  // Hand the socket on with the bytes that came after the answer's head back in front, or
+  // destroy it and report err.
+  function settle(err, after) {
+    if (settled) return;
+    settled = true;
+    socket.removeListener('readable', onReadable);
+    socket.removeListener('error', onError);
+    socket.removeListener('end', onClosed);
+    socket.removeListener('close', onClosed);
+    socket.removeListener('timeout', onTimeout);
+    socket.setTimeout(0);
+    if (err !== null) {
+      socket.destroy();
+      done(err);
+      return;
+    }
+    if (byteLengthOf(after) > 0) socket.unshift(after);
+    done(null, socket);
+  }
+  function onError(err) {
+    const code = safeString(safeGet(err, 'code'));
+    if (code === 'ECONNREFUSED') {
+      settle(egressError('EGRESS_DENIED', target, 'no egress is allowed for this execution'));
+    } else {
+      const detail = 'the connection to the egress proxy failed: ' + code;
+      settle(egressError('EGRESS_FAILED', target, detail));
+    }
+  }
+  function onClosed() {
+    const detail = 'the egress proxy closed the connection before answering';
+    settle(egressError('EGRESS_FAILED', target, detail));
+  }
+  function onTimeout() {
+    const detail = `the egress proxy did not answer within ${CONNECT_ANSWER_TIMEOUT_MS / 1000} s`;
+    settle(egressError('EGRESS_FAILED', target, detail));
+  }
+  function onReadable() {
+    for (;;) {
+      const chunk = socket.read();
+      if (chunk === null) return;
+      const grown = new U8(byteLengthOf(received) + byteLengthOf(chunk));
+      TypedArraySet(grown, received, 0);
+      TypedArraySet(grown, chunk, byteLengthOf(received));
+      received = grown;
+      const end = findHeadEnd(received, byteLengthOf(received));
+      if (end !== -1) {
+        onAnswer(end);
+        return;
+      }
+      if (byteLengthOf(received) > CONNECT_ANSWER_MAX_BYTES) {
+        const detail = `the egress proxy's answer is larger than ${CONNECT_ANSWER_MAX_BYTES} bytes`;
+        settle(egressError('EGRESS_FAILED', target, detail));
+        return;
+      }
+    }
+  }
+  function onAnswer(end) {
+    const answer = parseAnswer(utf8Decode(view(received, 0, end)));
+    if (answer === null || answer.status !== 200) {
+      settle(answerError(target, answer));
+      return;
+    }
+    settle(null, view(received, end + 4, byteLengthOf(received) - end - 4));
+  }
+  socket.setNoDelay(true);
+  socket.setTimeout(CONNECT_ANSWER_TIMEOUT_MS);
+  socket.on('readable', onReadable);
+  socket.on('error', onError);
+  socket.on('end', onClosed);
+  socket.on('close', onClosed);
+  socket.on('timeout', onTimeout);
+  socket.write('CONNECT ' + target + ' HTTP/1.1\r\nHost: ' + target + '\r\n\r\n');
+}
+
+function egressContext() {
+  if (egressCaList !== null && egressSecureContext === null) {
+    egressSecureContext = tlsCreateSecureContext({ __proto__: null, ca: egressCaList });
+  }
+  return egressSecureContext;
+}
+
+// callback(null, socket) at the socket's `event`, or callback(error) at an error before it.
+function whenReady(socket, event, callback) {
+  function onReady() {
+    socket.removeListener('error', onError);
+    callback(null, socket);
+  }
+  function onError(err) {
+    socket.removeListener(event, onReady);
+    socket.destroy();
+    callback(err);
+  }
+  socket.once(event, onReady);
+  socket.once('error', onError);
+}
+
+// TLS to host, over `socket` (a tunnel) or to port: the host name goes into SNI and the
+// certificate check; an address gets no SNI (RFC 6066) and is checked against the certificate's
+// IP entries.
+function connectTls(host, servername, socket, port, callback) {
+  const options = { __proto__: null, host, port, socket, ALPNProtocols: ['http/1.1'] };
+  if (netIsIP(host) === 0) options.servername = servername || host;
+  let secureSocket;
+  try {
+    const context = egressContext();
+    if (context !== null) options.secureContext = context;
+    secureSocket = tlsConnect(options);
+  } catch (err) {
+    if (socket !== undefined) socket.destroy();
+    callback(err);
+    return;
+  }
+  whenReady(secureSocket, 'secureConnect', callback);
+}
+
+// The connector of fetch's dispatcher (undici's `connect` option): callback(null, socket) once
+// the socket is ready for HTTP, TLS handshake done for https:, or callback(error).
+function connectForFetch(options, callback) {
+  const secure = options.protocol === 'https:';
+  const host = bareHost(options.hostname);
+  const port = portOf(options.port, secure ? 443 : 80);
+  if (isJailLocal(host)) {
+    if (secure) connectTls(host, options.servername, undefined, port, callback);
+    else whenReady(netConnect({ __proto__: null, host, port }), 'connect', callback);
+    return;
+  }
+  openTunnel(host, port, (err, socket) => {
+    if (err) callback(err);
+    else if (secure) connectTls(host, options.servername, socket, undefined, callback);
+    else callback(null, socket);
+  });
+}
+
+// fetch's dispatcher: an undici Agent like Node's own, with the connector above. Made from the
+// class of the one Node created, which it replaces, once the fetch module has loaded.
+let fetchDispatcher = null;
+
+function routeFetch() {
+  const current = globalThis[UNDICI_DISPATCHER];
+  if (current !== undefined && current === fetchDispatcher) return;
+  if (fetchDispatcher === null) {
+    if (current === undefined && typeof loadFetchModule === 'function') {
+      ReflectApply(loadFetchModule, globalThis, []);
+    }
+    const created = globalThis[UNDICI_DISPATCHER];
+    if (created === undefined) {
+      throw new ErrorCtor('sandboxd runner: cannot route fetch on Node ' + NODE_VERSION);
+    }
+    const Agent = created.constructor;
+    fetchDispatcher = new Agent({ __proto__: null, connect: connectForFetch });
+  }
+  globalThis[UNDICI_DISPATCHER] = fetchDispatcher;
+}
+
+function fetch(input, init = undefined) {
+  try {
+    routeFetch();
+  } catch (err) {
+    return PromiseReject(err);
+  }
+  return ReflectApply(fetchBuiltin, undefined, [input, init]);
+}
+
+// http.Agent and https.Agent (the global agents and any a library makes) connect through the
+// proxy. Node's Agent takes the socket from createConnection's callback when it returns nothing;
+// a caller without a callback (none in Node itself) gets the original, direct connection.
+function hostOfRequest(options) {
+  return bareHost(options.host || options.hostname || 'localhost');
+}
+
+function createHttpConnection(options, oncreate) {
+  const host = hostOfRequest(options);
+  if (isJailLocal(host) || typeof oncreate !== 'function') {
+    return ReflectApply(httpCreateConnection, this, arguments);
+  }
+  openTunnel(host, portOf(options.port, 80), oncreate);
+  return undefined;
+}
+
+// Node's own https createConnection over the tunnel: it keeps the agent's TLS session cache.
+function createHttpsConnection(options, oncreate) {
+  const host = hostOfRequest(options);
+  if (isJailLocal(host) || typeof oncreate !== 'function') {
+    return ReflectApply(httpsCreateConnection, this, arguments);
+  }
+  const agent = this;
+  openTunnel(host, portOf(options.port, 443), (err, socket) => {
+    if (err) {
+      oncreate(err);
+      return;
+    }
+    const tlsOptions = { __proto__: null, ...options, socket };
+    let secureSocket;
+    try {
+      const context = usesDefaultTrust(options) ? egressContext() : null;
+      if (context !== null) tlsOptions.secureContext = context;
+      secureSocket = ReflectApply(httpsCreateConnection, agent, [tlsOptions]);
+    } catch (tlsErr) {
+      socket.destroy();
+      oncreate(tlsErr);
+      return;
+    }
+    oncreate(null, secureSocket);
+  });
+  return undefined;
+}
+
+// A request that brings no TLS material of its own verifies with the operator's CAs too.
+function usesDefaultTrust(options) {
+  return (
+    options.ca === undefined &&
+    options.secureContext === undefined &&
+    options.pfx === undefined &&
+    options.cert === undefined
+  );
+}
+
+function installEgress() {
+  HttpAgentPrototype.createConnection = createHttpConnection;
+  HttpsAgentPrototype.createConnection = createHttpsConnection;
+  if (typeof fetchBuiltin !== 'function') return;
+  ReflectDefineProperty(globalThis, 'fetch', {
+    __proto__: null,
+    value: fetch,
+    writable: true,
+    enumerable: true,
+    configurable: true,
+  });
+  // On Node 22 the dispatcher exists already: route it now, WebSocket's connections too.
+  if (globalThis[UNDICI_DISPATCHER] !== undefined) routeFetch();
+}
+
+// The exec frame's egress.caPem: CA certificates (PEM) trusted besides Node's own.
+function setEgressCa(egress) {
+  const caPem = egress !== null && typeof egress === 'object' ? own(egress, 'caPem', '') : '';
+  if (typeof caPem !== 'string' || caPem === '') return;
+  const list = [];
+  for (let i = 0; i < TLS_ROOT_CERTIFICATES.length; i += 1) list[i] = TLS_ROOT_CERTIFICATES[i];
+  list[TLS_ROOT_CERTIFICATES.length] = caPem;
+  egressCaList = list;
+  egressSecureContext = null;
+}
+
+// ---------------------------------------------------------------------------------------------
 // Reading frames from fd 3
 // ---------------------------------------------------------------------------------------------
 
@@ -820,6 +1213,7 @@ function onExec(header, body) {
     credentials: own(header, 'credentials', {}),
     input,
   };
+  setEgressCa(own(header, 'egress', null));
 }
 
 // A session step's own input arrives in an `input` frame right before its `step` frame.
@@ -914,6 +1308,7 @@ for (const name of PRELOAD) require(name);
 
 installConsole();
 installStreams();
+installEgress();
 filterWarnings();
 process.on('uncaughtException', (err) => onStray(err, 'uncaught exception'));
 process.on('unhandledRejection', (reason) => onStray(reason, 'unhandled rejection'));

@@ -149,13 +149,13 @@ class JailLauncher:
                 future.set_result((message["pid"], fds))
         elif op == "failed":
             future = self._spawning.pop(jail_id)
-            error = JailStartError(message["error"])
             if not future.done():
-                future.set_exception(error)
-            # The fork server reaped the jail's keeper before it said so: the jail is gone.
+                future.set_exception(JailStartError(message["error"]))
+            # The fork server reaped the jail's keeper before it said so: the jail is gone, and
+            # never ran, so it has no exit status (this ends a cancelled spawn's wait).
             exit_future = self._exits.pop(jail_id, None)
-            if exit_future is not None and not exit_future.done():
-                exit_future.set_exception(error)
+            if exit_future is not None:
+                exit_future.cancel()
         elif op == "exited":
             exit_future = self._exits.pop(jail_id, None)
             if exit_future is not None and not exit_future.done():
