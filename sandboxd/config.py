@@ -51,6 +51,7 @@ class Settings:
     queue_max_attempts: int = 3  # then the execution goes to the dead-letter stream
     queue_retention_s: float = 86_400.0  # events and results stay readable this long
     queue_retry_backoff_s: float = 1.0  # first retry delay of CRASHED / UNAVAILABLE, doubling
+    queue_metrics_top_tenants: int = 20  # queue depth metrics name these tenants, sum the rest
     # Egress (docs/egress.md). Per tenant, the destinations its steps may reach through the
     # daemon's proxy; a request may narrow them. TOML: [egress_allow] acme = ["api.partner.com",
     # "*.dropbox.com:443,8443"]. A tenant not listed has no egress.

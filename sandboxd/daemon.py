@@ -122,6 +122,7 @@ class Daemon:
                     max_attempts=settings.queue_max_attempts,
                     retention_s=settings.queue_retention_s,
                     retry_backoff_s=settings.queue_retry_backoff_s,
+                    depth_top_tenants=settings.queue_metrics_top_tenants,
                 ),
             )
             await self.queue.start()

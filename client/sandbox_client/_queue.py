@@ -30,7 +30,14 @@ from sandbox_client._request import Egress, Limits, Step, execute_request
 from sandbox_client.v1 import sandbox_pb2
 from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
-from sandboxd.queue.store import BLOCK_MS, REDIS_DOWN, DeadLetter, QueueDepth, QueueStore
+from sandboxd.queue.store import (
+    BLOCK_MS,
+    REDIS_DOWN,
+    DeadLetter,
+    NotReplicated,
+    QueueDepth,
+    QueueStore,
+)
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
@@ -64,8 +71,11 @@ class QueueClient(AsyncClosing):
         max_payload_bytes: int = keys.MAX_PAYLOAD_BYTES,
         reconnect_timeout_s: float = 60.0,
         max_connections: int = 256,
+        replicas: int = 0,
+        replicas_timeout_s: float = 1.0,
     ) -> None:
-        """Connect lazily to ``redis_url`` (``redis://host:port/db``).
+        """Connect lazily to ``redis_url``: ``redis://host:port/db``, or
+        ``redis+sentinel://host:port[,host:port...]/service[/db]`` to follow Sentinel's primary.
 
         Args:
             retention_s: how long an execution that has not run yet is kept.
@@ -74,11 +84,16 @@ class QueueClient(AsyncClosing):
                 before it raises UNAVAILABLE.
             max_connections: Redis connections at most; each :meth:`events` or :meth:`wait`
                 in progress holds one while it blocks, and callers beyond wait for one.
+            replicas: :meth:`enqueue` returns only once this many replicas hold the execution
+                (Redis WAIT), so that a failover cannot lose it; 0 trusts the primary alone.
+            replicas_timeout_s: how long :meth:`enqueue` waits for the replicas.
         """
         self._store = QueueStore(redis_url, max_connections=max_connections)
         self._retention_ms = int(retention_s * 1000)
         self._max_payload = max_payload_bytes
         self._reconnect_timeout = reconnect_timeout_s
+        self._replicas = replicas
+        self._replicas_timeout_ms = int(replicas_timeout_s * 1000)
 
     async def close(self) -> None:
         await self._store.close()
@@ -102,7 +117,9 @@ class QueueClient(AsyncClosing):
         Takes :meth:`SandboxClient.execute`'s parameters, and ``run_at``: the execution starts
         at or after that time. The request is checked by the worker; one it refuses ends with
         INVALID_REQUEST in its events. Raises :class:`SandboxError` INVALID_REQUEST for a request
-        over the size limit or without tenant, UNAVAILABLE when Redis cannot be reached.
+        over the size limit or without tenant, UNAVAILABLE when Redis cannot be reached or
+        fewer replicas than asked confirmed the execution in time (it may run, or be lost in a
+        failover: enqueue it again with the same id, which runs it once).
         Credentials are kept in Redis until the execution ends.
         """
         execution_id = execution_id or uuid.uuid4().hex
@@ -128,8 +145,20 @@ class QueueClient(AsyncClosing):
         run_at_ms = int(run_at.timestamp() * 1000) if run_at else 0
         try:
             await self._store.enqueue(
-                execution_id, tenant_id, request, run_at_ms, self._retention_ms
+                execution_id,
+                tenant_id,
+                request,
+                run_at_ms,
+                self._retention_ms,
+                replicas=self._replicas,
+                replicas_timeout_ms=self._replicas_timeout_ms,
             )
+        except NotReplicated as exc:
+            raise SandboxError(
+                ErrorKind.UNAVAILABLE,
+                f"the queue did not confirm the execution on its replicas: {exc}",
+                execution_id=execution_id,
+            ) from exc
         except REDIS_DOWN as exc:
             raise SandboxError(
                 ErrorKind.UNAVAILABLE, f"the queue is unreachable: {exc}", execution_id=execution_id
@@ -202,9 +231,10 @@ class QueueClient(AsyncClosing):
             last_error=found.get(keys.LAST_ERROR) if state in _RETRIED else None,
         )
 
-    async def depth(self) -> QueueDepth:
-        """Depth and oldest waiting entry's age per tenant, delayed and dead-letter counts."""
-        return await self._store.depth()
+    async def depth(self, top: int = 20) -> QueueDepth:
+        """Waiting, running, delayed and dead-lettered executions in all; and the waiting and
+        running executions and oldest waiting one's age of the `top` tenants with most waiting."""
+        return await self._store.depth(top)
 
     async def dead_letters(self, count: int = 100) -> list[DeadLetter]:
         """The most recent dead letters, oldest first."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -17,11 +18,11 @@ from sandboxd.queue import keys, lua
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A tenant stream entry held by a worker (entry ids are unique within their stream only)."""
+    """An execution taken by a worker: its delivery number identifies this claim on it."""
 
     tenant_id: str
-    entry_id: str
     execution_id: str
+    delivery: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,16 +46,19 @@ class Begun:
 class TenantDepth:
     """One tenant's backlog: the signal an autoscaler uses."""
 
-    waiting: int  # entries no worker has taken yet
-    running: int  # entries taken and not finished
-    oldest_age_s: float  # age of the oldest waiting entry; 0 when none waits
+    waiting: int  # executions no worker has taken yet
+    running: int  # executions taken and not finished
+    oldest_age_s: float  # age of the oldest waiting execution; 0 when none waits
 
 
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
-    tenants: dict[str, TenantDepth]
+    tenants: dict[str, TenantDepth]  # the tenants with the most waiting work only
+    waiting: int  # of every tenant
+    running: int  # of every tenant
     delayed: int  # delayed executions and retries waiting for their time
     dead: int  # dead letters kept
+    tenants_waiting: int  # tenants with waiting work
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +72,24 @@ class DeadLetter:
     reason: str
 
 
+class ClaimLost(Exception):
+    """Another worker took the execution over: this one must not write for it anymore."""
+
+
+class NotReplicated(Exception):
+    """A write reached the primary but fewer replicas than asked confirmed it in time."""
+
+
 # The socket timeout finds dead connections; blocking reads stay well under it.
 SOCKET_TIMEOUT_S = 10.0
 BLOCK_MS = 2000
 _RETRIES = 3
+# Due delayed executions one TAKE moves to their tenants' lists at most (the rest: next TAKE).
+_PROMOTE_LIMIT = 100
 # What a lost or restarting Redis raises (BusyLoadingError, while it loads its data, is a
-# ConnectionError): the callers retry with backoff.
+# ConnectionError; so is a primary that Sentinel demoted): the callers retry with backoff.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+SENTINEL_SCHEME = "redis+sentinel://"
 
 Value: TypeAlias = bytes | str | int | float
 # How an event is stored: its entry id (ATTEMPT-SEQ), then EVENT_INLINE and the serialized event,
@@ -84,36 +99,61 @@ StoredEvent: TypeAlias = tuple[str, str, bytes]
 _StreamEntry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
 
 
-def _entries(reply: list[list[bytes]]) -> list[Entry]:
-    return [Entry(tenant.decode(), entry.decode(), id.decode()) for tenant, entry, id in reply]
-
-
 def _stream_entries(reply: Any) -> list[_StreamEntry]:
     """The entries of an XREAD reply on one stream (redis-py's RESP2 shape)."""
     return [entry for _stream, entries in cast(list[Any], reply) for entry in entries]
+
+
+def _claim_args(entry: Entry, consumer: str) -> list[Value]:
+    return [entry.execution_id, consumer, entry.delivery]
+
+
+def _event_args(events: Sequence[StoredEvent]) -> list[Value]:
+    return [part for event in events for part in event]
+
+
+class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """Sentinel's pool (connections follow the primary) that waits for a free connection."""
+
+
+def connect(redis_url: str, *, max_connections: int) -> redis.Redis:
+    """A client of `redis_url`: ``redis://HOST:PORT/DB``, or
+    ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` for the primary that the
+    Sentinels name (connections move to the new primary after a failover)."""
+    # Every blocked reader holds a connection: callers beyond `max_connections` wait for one
+    # rather than fail. A call that fails on a connection Redis dropped (a restart, a failover)
+    # is retried on a new one; every call here is safe to repeat (see the scripts).
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "timeout": None,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "retry": Retry(ExponentialBackoff(), _RETRIES),
+        "retry_on_error": [RedisConnectionError, RedisTimeoutError],
+    }
+    if not redis_url.startswith(SENTINEL_SCHEME):
+        return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(redis_url, **options))
+    where, _, path = redis_url.removeprefix(SENTINEL_SCHEME).partition("/")
+    service, _, db = path.partition("/")
+    if not where or not service:
+        raise ValueError(f"{redis_url!r}: expected {SENTINEL_SCHEME}HOST:PORT[,...]/SERVICE[/DB]")
+    sentinels = [
+        (host, int(port)) for host, _, port in (a.rpartition(":") for a in where.split(","))
+    ]
+    sentinel = Sentinel(sentinels, socket_timeout=SOCKET_TIMEOUT_S)  # type: ignore[no-untyped-call]
+    primary = sentinel.master_for(
+        service, connection_pool_class=_BlockingSentinelPool, db=int(db or 0), **options
+    )
+    return cast(redis.Redis, primary)
 
 
 class QueueStore:
     """The queue in one Redis: scripts registered once (redis-py re-sends them after a restart)."""
 
     def __init__(self, redis_url: str, *, max_connections: int):
-        # Every blocked reader holds a connection: callers beyond `max_connections` wait for one
-        # rather than fail. A call that fails on a connection Redis dropped (a restart) is
-        # retried on a new one; every call here is safe to repeat (see the scripts).
-        pool = redis.BlockingConnectionPool.from_url(
-            redis_url,
-            max_connections=max_connections,
-            timeout=None,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            retry=Retry(ExponentialBackoff(), _RETRIES),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        self._redis = redis.Redis.from_pool(pool)
+        self._redis = connect(redis_url, max_connections=max_connections)
         register = self._redis.register_script
         self._enqueue = register(lua.script(lua.ENQUEUE))
-        self._promote = register(lua.script(lua.PROMOTE))
         self._take = register(lua.script(lua.TAKE))
-        self._claim = register(lua.script(lua.CLAIM))
         self._hold = register(lua.script(lua.HOLD))
         self._begin = register(lua.script(lua.BEGIN))
         self._append = register(lua.script(lua.APPEND))
@@ -127,62 +167,87 @@ class QueueStore:
     # -- producer --------------------------------------------------------------------------
 
     async def enqueue(
-        self, execution_id: str, tenant_id: str, request: bytes, run_at_ms: int, retention_ms: int
+        self,
+        execution_id: str,
+        tenant_id: str,
+        request: bytes,
+        run_at_ms: int,
+        retention_ms: int,
+        *,
+        replicas: int = 0,
+        replicas_timeout_ms: int = 1000,
     ) -> bool:
-        """Record and queue the execution; False when its id is already known (nothing done)."""
+        """Record and queue the execution; False when its id is already known (nothing done).
+
+        With `replicas`, returns only once that many replicas hold the write (WAIT on the same
+        connection), else raises NotReplicated: the write may be lost in a failover.
+        """
         args: list[Value] = [execution_id, tenant_id, request, run_at_ms, retention_ms]
-        return bool(await self._enqueue(args=args))
+        if not replicas:
+            return bool(await self._enqueue(args=args))
+        async with self._redis.pipeline(transaction=False) as pipe:
+            await self._enqueue(args=args, client=pipe)
+            pipe.execute_command("WAIT", replicas, replicas_timeout_ms)
+            queued, acked = await pipe.execute()
+        if int(acked) < replicas:
+            raise NotReplicated(f"{acked} of {replicas} replicas confirmed the write")
+        return bool(queued)
 
     # -- worker: taking --------------------------------------------------------------------
 
-    async def promote(self, limit: int = 100) -> float | None:
-        """Queue the delayed executions that are due; seconds until the next one, or None."""
-        _moved, next_ms = await self._promote(args=[limit])
-        return None if next_ms < 0 else int(next_ms) / 1000
+    async def take(
+        self, consumer: str, wanted: int, visibility_ms: int
+    ) -> tuple[list[Entry], float | None]:
+        """Up to `wanted` executions (taken over first, then new ones round-robin over the
+        tenants), claimed for `visibility_ms`; and seconds until the next delayed one is due."""
+        taken, due_ms = await self._take(args=[consumer, wanted, visibility_ms, _PROMOTE_LIMIT])
+        entries = [
+            Entry(tenant.decode(), id.decode(), int(delivery)) for tenant, id, delivery in taken
+        ]
+        return entries, None if due_ms < 0 else int(due_ms) / 1000
 
-    async def take(self, consumer: str, wanted: int) -> list[Entry]:
-        """Up to `wanted` new entries, round-robin over the tenants."""
-        return _entries(await self._take(args=[consumer, wanted]))
-
-    async def claim(self, consumer: str, min_idle_ms: int, wanted: int) -> list[Entry]:
-        """Up to `wanted` entries whose holder has not renewed its claim for `min_idle_ms`."""
-        return _entries(await self._claim(args=[consumer, min_idle_ms, wanted]))
-
-    async def hold(self, consumer: str, entries: list[Entry]) -> list[Entry]:
-        """Renew the claims on `entries`; those this consumer no longer holds."""
-        args: list[Value] = [consumer]
+    async def hold(self, consumer: str, entries: list[Entry], visibility_ms: int) -> list[Entry]:
+        """Renew the claims on `entries`; those taken over (not those this consumer finished)."""
+        args: list[Value] = [consumer, visibility_ms]
         for entry in entries:
-            args += [entry.tenant_id, entry.entry_id]
-        return [entries[int(position)] for position in await self._hold(args=args)]
+            args += [entry.execution_id, entry.delivery]
+        states = await self._hold(args=args)
+        return [entry for entry, state in zip(entries, states, strict=True) if state == b"lost"]
 
-    async def wait_for_work(self, after: str, block_ms: int) -> str:
-        """Block until something is queued after the wake id `after`; the newest wake id."""
-        reply = await self._redis.xread({keys.WAKE: after}, count=keys.WAKE_MAXLEN, block=block_ms)
-        entries = _stream_entries(reply)
-        return entries[-1][0].decode() if entries else after
+    async def wait_for_work(self, timeout_s: float) -> bool:
+        """Block until woken (work was queued) or `timeout_s`; True when woken."""
+        return await self._redis.blpop([keys.WAKE], timeout=timeout_s) is not None
 
     # -- worker: running -------------------------------------------------------------------
 
     async def begin(
         self, entry: Entry, consumer: str, max_attempts: int, retention_ms: int
     ) -> Begun | None:
-        """Count the attempt that starts now; None when the job's record expired."""
-        args: list[Value] = [entry.execution_id, consumer, max_attempts, retention_ms]
-        reply = await self._begin(args=args)
-        if reply is None:
+        """Count the attempt that starts now, once per delivery; None when the record expired.
+
+        Raises ClaimLost.
+        """
+        args: list[Value] = [entry.tenant_id, *_claim_args(entry, consumer)]
+        status, attempt, request, last_kind, last_error = await self._begin(
+            args=[*args, max_attempts, retention_ms]
+        )
+        if status == b"lost":
+            raise ClaimLost(entry.execution_id)
+        if status == b"gone":
             return None
-        attempt, request, last_kind, last_error = reply
         return Begun(int(attempt), request, Failure(last_kind.decode(), last_error.decode()))
 
     async def put_blob(self, key: str, data: bytes, retention_ms: int) -> None:
         await self._redis.set(key, data, px=retention_ms)
 
     async def append(
-        self, entry: Entry, consumer: str, event: StoredEvent, retention_ms: int
-    ) -> bool:
-        """Add one event to the execution's stream; False when the consumer lost the entry."""
-        args: list[Value] = [entry.tenant_id, entry.entry_id, consumer, *event, retention_ms]
-        return bool(await self._append(keys=[keys.events(entry.execution_id)], args=args))
+        self, entry: Entry, consumer: str, events: Sequence[StoredEvent], retention_ms: int
+    ) -> None:
+        """Add events to the execution's stream; raises ClaimLost."""
+        script_keys = [keys.events(entry.execution_id), keys.job(entry.execution_id)]
+        args = [*_claim_args(entry, consumer), retention_ms, *_event_args(events)]
+        if not await self._append(keys=script_keys, args=args):
+            raise ClaimLost(entry.execution_id)
 
     async def last_event_id(self, execution_id: str) -> tuple[int, int] | None:
         """(attempt, seq) of the execution's last stored event."""
@@ -198,44 +263,32 @@ class QueueStore:
         self,
         entry: Entry,
         consumer: str,
-        last_event: StoredEvent,
+        events: Sequence[StoredEvent],
         retention_ms: int,
         *,
         state: str,
         dead: DeadLetter | None = None,
-    ) -> bool:
-        """Store the final event, set the state and acknowledge; False when the entry was lost."""
-        args: list[Value] = [
-            entry.tenant_id,
-            entry.entry_id,
-            consumer,
-            *last_event,
-            retention_ms,
-            state,
-        ]
-        if dead is not None:
-            args += [dead.execution_id, dead.attempts, dead.kind, dead.reason]
+    ) -> None:
+        """Store the events (the final one last), set the state, release the claim; raises
+        ClaimLost."""
+        args: list[Value] = [entry.tenant_id, *_claim_args(entry, consumer), retention_ms, state]
+        args += [dead.attempts, dead.kind, dead.reason] if dead else ["", "", ""]
+        args += _event_args(events)
         script_keys = [keys.events(entry.execution_id), keys.job(entry.execution_id)]
-        return bool(await self._finish(keys=script_keys, args=args))
+        if not await self._finish(keys=script_keys, args=args):
+            raise ClaimLost(entry.execution_id)
 
     async def retry(
         self, entry: Entry, consumer: str, failure: Failure, delay_ms: int, *, refund: bool
-    ) -> bool:
-        """Schedule the next attempt in `delay_ms`; False when the entry was lost.
+    ) -> None:
+        """Schedule the next attempt in `delay_ms`; raises ClaimLost.
 
         With `refund`, the attempt that ended does not count: it never started.
         """
-        args: list[Value] = [
-            entry.tenant_id,
-            entry.entry_id,
-            consumer,
-            entry.execution_id,
-            delay_ms,
-            failure.kind,
-            failure.message,
-            int(refund),
-        ]
-        return bool(await self._retry(keys=[keys.job(entry.execution_id)], args=args))
+        args: list[Value] = [entry.tenant_id, *_claim_args(entry, consumer), delay_ms]
+        args += [failure.kind, failure.message, int(refund)]
+        if not await self._retry(keys=[keys.job(entry.execution_id)], args=args):
+            raise ClaimLost(entry.execution_id)
 
     # -- readers ---------------------------------------------------------------------------
 
@@ -283,14 +336,17 @@ class QueueStore:
             )
         return letters
 
-    async def depth(self) -> QueueDepth:
-        """Queue depth and oldest waiting entry's age per tenant, delayed and dead counts."""
-        tenants, delayed, dead = await self._depth()
+    async def depth(self, top: int) -> QueueDepth:
+        """The `top` tenants with the most waiting work, and the totals of every tenant."""
+        tenants, waiting, running, delayed, dead, tenants_waiting = await self._depth(args=[top])
         return QueueDepth(
             tenants={
                 tenant.decode(): TenantDepth(int(waiting), int(running), int(age_ms) / 1000)
                 for tenant, waiting, running, age_ms in tenants
             },
+            waiting=int(waiting),
+            running=int(running),
             delayed=int(delayed),
             dead=int(dead),
+            tenants_waiting=int(tenants_waiting),
         )

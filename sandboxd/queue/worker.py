@@ -1,10 +1,11 @@
 """QueueWorker: takes executions from Redis and runs them through the daemon's Executor.
 
-One loop takes work: it queues due delayed executions, takes over entries of workers that stopped
-renewing their claims, then takes new entries round-robin over the tenants, never more than the
-pool can start; when there is nothing to do it blocks on the wake stream (or on a free slot).
-Each taken entry runs in its own task, which appends every event to the execution's stream and
-finishes, retries or dead-letters it. A second loop renews the claims of the running entries.
+One loop takes work, never more than the pool can start: one TAKE call queues due delayed
+executions, takes over executions whose holder stopped renewing its claim, then takes new ones
+round-robin over the tenants. When nothing is left it blocks on the wake list (BLPOP: each token
+wakes one idle worker, not all of them) or, when the pool is full, on a free slot. Each taken
+execution runs in its own task, which appends its events to the execution's stream and
+finishes, retries or dead-letters it. A second loop renews the claims of the running executions.
 
 Losing Redis stops nothing that runs: every call is retried with backoff until Redis is back, and
 `connected` says so meanwhile (for health and status).
@@ -16,25 +17,25 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
+import random
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, replace
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.config import Settings
-from sandboxd.executions import Executor
-from sandboxd.kinds import kind_name, kind_value
+from sandboxd.kinds import kind_name, kind_value, retryable
 from sandboxd.pool import PoolClosed
 from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
 from sandboxd.queue.store import (
     REDIS_DOWN,
     Begun,
+    ClaimLost,
     DeadLetter,
     Entry,
     Failure,
@@ -50,8 +51,6 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-RETRYABLE = frozenset({pb.ERROR_KIND_CRASHED, pb.ERROR_KIND_UNAVAILABLE})
-_IDLE_TICK_S = 1.0
 # Running executions append concurrently, and one blocked read waits for work.
 _MAX_CONNECTIONS = 64
 _EVENT_OVERHEAD = 64 * 1024  # room for the other fields of a StepFinished around its result
@@ -65,13 +64,38 @@ class QueueOptions:
     retry_backoff_s: float = 1.0  # delay before the second attempt; doubles after each
     retry_backoff_max_s: float = 300.0
     max_payload_bytes: int = keys.MAX_PAYLOAD_BYTES  # the largest event (a step's result)
+    # An idle worker looks for taken-over claims at least this often (it is woken for new work).
+    idle_check_s: float = 2.0
+    depth_top_tenants: int = 20  # tenants whose depth is read one by one (metrics), the rest summed
 
     def retry_delay_s(self, attempt: int) -> float:
         return min(self.retry_backoff_max_s, self.retry_backoff_s * 2.0 ** (attempt - 1))
 
+    @property
+    def visibility_ms(self) -> int:
+        return int(self.visibility_timeout_s * 1000)
 
-class LostClaim(Exception):
-    """Another worker took the entry over: this one must not write for it anymore."""
+
+class Capacity(Protocol):
+    """How many executions the runner can start (the jail pool's figures)."""
+
+    @property
+    def maximum(self) -> int: ...
+
+    @property
+    def leased(self) -> int: ...
+
+
+class Runner(Protocol):
+    """What the worker needs of the daemon's Executor: the boundary the queue's tests and
+    benchmark replace to measure the queue without jails."""
+
+    @property
+    def pool(self) -> Capacity: ...
+
+    def run(self, plan: ExecutionPlan) -> AsyncGenerator[pb.ExecutionEvent, None]: ...
+
+    def cancel(self, tenant_id: str, execution_id: str) -> bool: ...
 
 
 class QueueWorker:
@@ -80,7 +104,7 @@ class QueueWorker:
     def __init__(
         self,
         redis_url: str,
-        executor: Executor,
+        executor: Runner,
         settings: Settings,
         worker_id: str,
         options: QueueOptions | None = None,
@@ -94,13 +118,13 @@ class QueueWorker:
         self._store = QueueStore(redis_url, max_connections=_MAX_CONNECTIONS)
         self._running: dict[Entry, asyncio.Task[None]] = {}  # taken until processed
         self._slot_freed = asyncio.Event()
-        self._wake_id = "0-0"
-        self._next_claim = 0.0
         self._loops: list[asyncio.Task[None]] = []
         self._connected = False
         self._last_error = ""
         self._disconnects = 0
         self.taken = 0
+        self.wakeups = 0  # times a token woke this worker
+        self.idle_takes = 0  # TAKE calls that found nothing
 
     # -- status ----------------------------------------------------------------------------
 
@@ -119,11 +143,13 @@ class QueueWorker:
             "taken": self.taken,
             "disconnects": self._disconnects,
             "last_error": self._last_error,
+            "wakeups": self.wakeups,
+            "idle_takes": self.idle_takes,
         }
 
     async def depth(self) -> QueueDepth:
-        """Queue depth and oldest waiting entry's age per tenant, delayed and dead counts."""
-        return await self._store.depth()
+        """The depth of the tenants with the most waiting work, and the totals."""
+        return await self._store.depth(self.options.depth_top_tenants)
 
     def _up(self) -> None:
         if not self._connected:
@@ -187,35 +213,35 @@ class QueueWorker:
 
     async def _take_once(self) -> None:
         self._slot_freed.clear()  # before looking at capacity: a slot freed later wakes us
-        next_due = await self._store.promote()
-        started = 0
-        now = time.monotonic()
-        if self._free() and now >= self._next_claim:
-            self._next_claim = now + self.options.visibility_timeout_s / 4
-            idle_ms = int(self.options.visibility_timeout_s * 1000)
-            started += self._launch(await self._store.claim(self.consumer, idle_ms, self._free()))
-        if self._free():
-            started += self._launch(await self._store.take(self.consumer, self._free()))
-        if not started:
-            # Idle, but not past the next delayed execution's time nor the next claim check.
-            timeout = min(_IDLE_TICK_S, self.options.visibility_timeout_s / 4)
-            await self._idle(timeout if next_due is None else min(timeout, next_due))
-
-    async def _idle(self, timeout: float) -> None:
-        """Wait for new work (the wake stream) or, when the pool is full, for a free slot."""
-        if not self._free():
+        wanted = self._free()
+        if not wanted:
+            # Full: a finished execution frees a slot; claims of dead workers wait meanwhile.
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(self._idle_timeout(None)):
                     await self._slot_freed.wait()
             return
-        self._wake_id = await self._store.wait_for_work(self._wake_id, max(1, int(timeout * 1000)))
+        entries, next_due_s = await self._store.take(
+            self.consumer, wanted, self.options.visibility_ms
+        )
+        self._launch(entries)
+        if len(entries) < wanted:  # nothing more waits: sleep until woken
+            self.idle_takes += not entries
+            if await self._store.wait_for_work(self._idle_timeout(next_due_s)):
+                self.wakeups += 1
 
-    def _launch(self, entries: list[Entry]) -> int:
+    def _idle_timeout(self, next_due_s: float | None) -> float:
+        """How long an idle worker blocks: until the next delayed execution is due, or the next
+        look for dead workers' claims; jittered so that idle workers do not wake in step."""
+        timeout = min(self.options.idle_check_s, self.options.visibility_timeout_s / 4)
+        if next_due_s is not None:
+            timeout = min(timeout, next_due_s)
+        return max(0.01, timeout * random.uniform(1.0, 1.1))
+
+    def _launch(self, entries: list[Entry]) -> None:
         for entry in entries:
             task = asyncio.create_task(self._process(entry))
             self._running[entry] = task
             self.taken += 1
-        return len(entries)
 
     async def _hold_loop(self) -> None:
         """Renew the running entries' claims; stop executions whose entry was taken over."""
@@ -225,20 +251,25 @@ class QueueWorker:
             if not held:
                 continue
             try:
-                lost = await self._store.hold(self.consumer, held)
+                lost = await self._store.hold(self.consumer, held, self.options.visibility_ms)
             except REDIS_DOWN as exc:
                 self._down(exc)
                 continue
+            # An execution this worker finished meanwhile is not lost (HOLD says released); one
+            # that ended here while HOLD was under way is not ours to stop anymore.
             for entry in lost:
-                log.warning("queue: execution %s was taken over; stopping it", entry.execution_id)
-                self._executor.cancel(entry.tenant_id, entry.execution_id)
+                if entry in self._running:
+                    log.warning(
+                        "queue: execution %s was taken over; stopping it", entry.execution_id
+                    )
+                    self._executor.cancel(entry.tenant_id, entry.execution_id)
 
     # -- running one entry -----------------------------------------------------------------
 
     async def _process(self, entry: Entry) -> None:
         try:
             await self._attempt(entry)
-        except LostClaim:
+        except ClaimLost:
             log.warning("queue: execution %s was taken over by another worker", entry.execution_id)
         except asyncio.CancelledError:
             stopped = f"worker {self.worker_id} stopped before it finished"
@@ -253,8 +284,9 @@ class QueueWorker:
             self._slot_freed.set()
 
     async def _hand_back(self, entry: Entry, failure: Failure) -> None:
-        """Queue the entry again now; if Redis is away it stays pending and is taken over later."""
-        with contextlib.suppress(*REDIS_DOWN):
+        """Queue the execution again now; if Redis is away its claim expires and another worker
+        takes it over."""
+        with contextlib.suppress(ClaimLost, *REDIS_DOWN):
             await self._store.retry(entry, self.consumer, failure, 0, refund=False)
 
     async def _attempt(self, entry: Entry) -> None:
@@ -266,7 +298,7 @@ class QueueWorker:
             self._retention_ms,
         )
         if begun is None:
-            await self._give_up(entry, 0, Failure("INTERNAL", "its record expired before it ran"))
+            log.warning("queue: execution %s expired before it ran", entry.execution_id)
         elif begun.attempt == 0:
             await self._give_up(entry, self.options.max_attempts, begun.last)
         else:
@@ -295,7 +327,7 @@ class QueueWorker:
         outcome = last.execution_finished
         if outcome.status == pb.EXECUTION_STATUS_SUCCEEDED:
             await self._finish(entry, attempt, last, keys.SUCCEEDED)
-        elif outcome.error_kind not in RETRYABLE:
+        elif not retryable(outcome.error_kind):
             await self._finish(entry, attempt, last, keys.FAILED)
         elif attempt < self.options.max_attempts:
             failure = Failure(kind_name(outcome.error_kind), outcome.error_message)
@@ -312,10 +344,7 @@ class QueueWorker:
 
     async def _retry(self, entry: Entry, failure: Failure, delay_s: float, *, refund: bool) -> None:
         delay_ms = int(delay_s * 1000)
-        if not await self._redo(
-            self._store.retry, entry, self.consumer, failure, delay_ms, refund=refund
-        ):
-            raise LostClaim
+        await self._redo(self._store.retry, entry, self.consumer, failure, delay_ms, refund=refund)
 
     def _plan(self, begun: Begun) -> ExecutionPlan:
         try:
@@ -341,14 +370,11 @@ class QueueWorker:
             async for event in events:
                 if event.HasField("execution_finished"):
                     last = event
-                elif not await self._redo(
-                    self._store.append,
-                    entry,
-                    self.consumer,
-                    await self._stored(entry, plan.attempt, event),
-                    self._retention_ms,
-                ):
-                    raise LostClaim
+                else:
+                    stored = [await self._stored(entry, plan.attempt, event)]
+                    await self._redo(
+                        self._store.append, entry, self.consumer, stored, self._retention_ms
+                    )
         if last is None:
             raise RuntimeError("the execution ended without ExecutionFinished")
         return last
@@ -371,8 +397,8 @@ class QueueWorker:
         state: str,
         dead: DeadLetter | None = None,
     ) -> None:
-        stored = await self._stored(entry, attempt, last)
-        if not await self._redo(
+        stored = [await self._stored(entry, attempt, last)]
+        await self._redo(
             self._store.finish,
             entry,
             self.consumer,
@@ -380,8 +406,7 @@ class QueueWorker:
             self._retention_ms,
             state=state,
             dead=dead,
-        ):
-            raise LostClaim
+        )
         if dead is not None:
             log.warning("queue: execution %s dead-lettered: %s", entry.execution_id, dead.reason)
 
@@ -399,7 +424,8 @@ class QueueWorker:
         self, call: Callable[_P, Awaitable[_T]], *args: _P.args, **kwargs: _P.kwargs
     ) -> _T:
         """`call`, repeated with backoff while Redis is unreachable (every call here is safe to
-        repeat: appends are keyed by event id, and the rest check the claim)."""
+        repeat: appends are keyed by event id, BEGIN counts once per delivery, and FINISH and
+        RETRY answer a replay as done)."""
         backoff = Backoff()
         while True:
             try:

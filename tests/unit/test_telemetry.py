@@ -584,10 +584,19 @@ def test_queue_gauges_follow_the_last_depth_read(recorded: Recorded) -> None:
     recorded.telemetry.watch_queue(lambda: depth[0])
     assert "sandboxd.queue.waiting" not in recorded.metrics()  # nothing read from Redis yet
     depth[0] = QueueDepth(
-        tenants={"acme": TenantDepth(waiting=7, running=2, oldest_age_s=3.5)}, delayed=4, dead=1
+        tenants={"acme": TenantDepth(waiting=7, running=2, oldest_age_s=3.5)},
+        waiting=10,
+        running=2,
+        delayed=4,
+        dead=1,
+        tenants_waiting=3,
     )
     tenant = frozenset({("tenant.id", "acme")})
     assert number(recorded.points("sandboxd.queue.waiting")[tenant]) == 7
+    # The tenants beyond the top ones (here: 2 tenants, 3 executions) are one series.
+    others = frozenset({("tenant.id", "other")})
+    assert number(recorded.points("sandboxd.queue.waiting")[others]) == 3
+    assert others not in recorded.points("sandboxd.queue.oldest_age")
     assert number(recorded.points("sandboxd.queue.oldest_age")[tenant]) == 3.5
     assert number(recorded.points("sandboxd.queue.delayed")[frozenset()]) == 4
     assert number(recorded.points("sandboxd.queue.dead")[frozenset()]) == 1
