@@ -24,6 +24,7 @@ _CGROUP_ROOT = Path("/sys/fs/cgroup")
 _V1_CONTROLLERS = frozenset({"memory", "pids", "cpu", "cpuacct", "freezer"})
 _READY_PREFIX = "sandboxd: serving on "
 _STOP_TIMEOUT_S = 60.0
+_FORK_SERVER_MODULE = "sandboxd.jail.forkserver"
 
 
 class DaemonError(RuntimeError):
@@ -41,6 +42,16 @@ class CpuTime(NamedTuple):
 
     def plus(self, other: CpuTime) -> CpuTime:
         return CpuTime(self.total_s + other.total_s, self.daemon_s + other.daemon_s)
+
+
+class OwnCpu(NamedTuple):
+    """CPU seconds so far of the daemon's own process and of its fork server."""
+
+    daemon_s: float
+    fork_server_s: float
+
+    def since(self, earlier: OwnCpu) -> OwnCpu:
+        return OwnCpu(self.daemon_s - earlier.daemon_s, self.fork_server_s - earlier.fork_server_s)
 
 
 @dataclass
@@ -71,6 +82,18 @@ class Daemon:
             if "cpuacct" in names.split(","):
                 return CpuTime(int((directory / "cpuacct.usage").read_text()) / 1e9, own)
         return CpuTime(_own_cpu(self.tree(), children=True), own)
+
+    def own_cpu(self) -> OwnCpu:
+        """CPU time so far of the daemon's process (all its threads) and of its fork server."""
+        root = psutil.Process(self.process.pid)
+        return OwnCpu(_own_cpu([root]), _own_cpu([self.fork_server()]))
+
+    def fork_server(self) -> psutil.Process:
+        """The daemon's fork server (``python -m sandboxd.jail.forkserver``)."""
+        for helper in psutil.Process(self.process.pid).children():
+            if _FORK_SERVER_MODULE in helper.cmdline():
+                return helper
+        raise DaemonError(f"{self.name}: no fork server among the daemon's children")
 
     def memory(self) -> dict[str, int]:
         """RSS of the daemon, its helpers (the fork server) and the jails alive now (a jail: a

@@ -3,6 +3,7 @@ full mode (``--full``: more samples, longer batches, and 64 MiB payloads)."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from benchmarks.workloads import KiB, MiB
@@ -26,6 +27,9 @@ class Plan:
     flood_s: float
     queue_executions: int  # Redis mode: executions enqueued at once, per worker count
     queue_latency_samples: int  # Redis mode: one execution at a time
+    cost_runs: int  # sequential trivial executions per daemon around its CPU time
+    syscall_runs: int  # sequential trivial executions per daemon under strace
+    baseline_syscall_runs: int  # bare node executions under strace
 
 
 QUICK = Plan(
@@ -43,6 +47,9 @@ QUICK = Plan(
     flood_s=4.0,
     queue_executions=60,
     queue_latency_samples=20,
+    cost_runs=50,
+    syscall_runs=20,
+    baseline_syscall_runs=5,
 )
 FULL = Plan(
     mode="full",
@@ -59,4 +66,27 @@ FULL = Plan(
     flood_s=15.0,
     queue_executions=300,
     queue_latency_samples=100,
+    cost_runs=200,
+    syscall_runs=50,
+    baseline_syscall_runs=10,
 )
+
+
+def with_runs(plan: Plan, runs: int) -> Plan:
+    """``plan`` with ``runs`` samples wherever it takes a count of samples (warm-up at most
+    that); its mode says so, so no one mistakes it for the mode's own figures."""
+    if runs < 1:
+        raise ValueError(f"runs must be at least 1, not {runs}")
+    return dataclasses.replace(
+        plan,
+        mode=f"{plan.mode} (--runs {runs})",
+        warmup=min(plan.warmup, runs),
+        latency_runs=runs,
+        demo_runs=runs,
+        payload_runs=runs,
+        fairness_runs=runs,
+        queue_latency_samples=runs,
+        cost_runs=runs,
+        syscall_runs=runs,
+        baseline_syscall_runs=runs,
+    )

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from benchmarks.phases import phase_p50_ms
+
 Better = Literal["lower", "higher"]
 
 
@@ -185,6 +187,38 @@ _DEFINITIONS: tuple[tuple[str, str, Better, str, Getter, Getter], ...] = (
         "exec/s",
         lambda r: dig(r, *_REDIS, "throughput_3_workers", "per_s"),
         lambda r: dig(r, *_REDIS, "throughput_1_workers", "per_s"),
+    ),
+    (
+        "warm_own_cpu_vs_bare_node_cpu",
+        "daemon + fork server CPU per warm execution vs bare node's CPU per execution",
+        "lower",
+        "ms",
+        lambda r: dig(r, "cost", "sandboxd_warm", "own_cpu_ms"),
+        lambda r: dig(r, "latency", "bare_node", "cpu_ms"),
+    ),
+    (
+        "fork_server_cpu_per_jail_vs_node_start_cpu",
+        "fork server CPU per jail started vs `node -e 0` CPU",
+        "lower",
+        "ms",
+        lambda r: dig(r, "cost", "sandboxd_warm", "fork_server_cpu_ms_per_jail"),
+        lambda r: dig(r, "node_start", "cpu_ms"),
+    ),
+    (
+        "warm_syscalls_vs_bare_node",
+        "daemon + fork server syscalls per warm execution vs a bare node execution's",
+        "lower",
+        "calls",
+        lambda r: dig(r, "syscalls", "sandboxd_warm", "per_execution"),
+        lambda r: dig(r, "syscalls", "bare_node", "per_execution"),
+    ),
+    (
+        "warm_rpc_tail_vs_warm_p50",
+        "warm: ExecutionFinished to the RPC's end (p50) vs the whole execution (p50)",
+        "lower",
+        "ms",
+        lambda r: phase_p50_ms(dig(r, "phases", "sandboxd_warm"), "rpc_end"),
+        lambda r: dig(r, "latency", "sandboxd_warm", "p50_ms"),
     ),
     (
         "warm_daemon_rss_after_vs_before",

@@ -23,6 +23,29 @@ _SUMMARY_HEADER = [
     "jail wait p50",
 ]
 _RESOURCE_KEYS = ("host_cpu_ms", "daemon_cpu_ms", "jail_cpu_ms", "rss_mib", "jail_peak_mib")
+_COST_KEYS = (
+    "daemon_cpu_ms",
+    "fork_server_cpu_ms",
+    "own_cpu_ms",
+    "fork_server_cpu_ms_per_jail",
+    "client_cpu_ms",
+)
+_COST_HEADER = [
+    "daemon",
+    "daemon ms",
+    "fork server ms",
+    "together ms",
+    "fork server ms/jail",
+    "client ms",
+    "jails started",
+]
+_BOUNDARY_LABELS = {
+    "execution_started": "ExecutionStarted",
+    "step_started": "StepStarted (first)",
+    "step_finished": "StepFinished (last)",
+    "execution_finished": "ExecutionFinished",
+    "rpc_end": "end of the RPC",
+}
 _BETTER = {"lower": "lower is better", "higher": "higher is better"}
 
 
@@ -38,6 +61,8 @@ def render(results: dict[str, Any], charts: dict[str, str]) -> str:
         _demo(results, systems, charts),
         _payloads(results, systems, charts),
         _resources(results, systems, charts),
+        _phases(results),
+        _own_cost(results),
         _daemon_memory(results),
         _extensions(results),
         _problems(results, systems),
@@ -239,6 +264,98 @@ def _resources(results: dict[str, Any], systems: list[str], charts: dict[str, st
             _image(charts, "resources", "cpu and memory per execution"),
         ]
     )
+
+
+def _phases(results: dict[str, Any]) -> str:
+    lines = [
+        "## Where a sandboxd execution's time goes",
+        "",
+        "The latency phase's trivial executions, boundary by boundary: p50 ms from sending the "
+        "request until the event arrived at the caller, until the daemon stamped it "
+        "(`ExecutionEvent.time`), and p50 of the phase ending there (from the boundary before, "
+        "per execution).",
+    ]
+    for daemon, figures in (results.get("phases") or {}).items():
+        rows = [
+            [
+                _BOUNDARY_LABELS.get(row["boundary"], row["boundary"]),
+                _n(row.get("arrived_p50_ms")),
+                _n(row.get("made_p50_ms")),
+                _n(row.get("phase_p50_ms")),
+            ]
+            for row in figures.get("boundaries", [])
+        ]
+        lines += [
+            "",
+            f"**{LABELS.get(daemon, daemon)}** ({figures.get('n')} executions)",
+            "",
+            _table(["boundary", "arrived p50 ms", "stamped p50 ms", "phase p50 ms"], rows),
+        ]
+    return "\n".join(lines)
+
+
+def _own_cost(results: dict[str, Any]) -> str:
+    cost = results.get("cost") or {}
+    cpu_rows = [
+        [
+            LABELS.get(daemon, daemon),
+            *(_n(figures.get(key)) for key in _COST_KEYS),
+            str(figures.get("jails_started")),
+        ]
+        for daemon, figures in cost.items()
+    ]
+    bare = dig(results, "latency", "bare_node", "cpu_ms")
+    node = dig(results, "node_start", "cpu_ms")
+    lines = [
+        "## sandboxd's own cost per execution",
+        "",
+        "CPU of the daemon's process and of its fork server (psutil) around sequential trivial "
+        "executions and the refill of the jails they used, per execution; the fork server's "
+        "also per jail it started. client: the benchmark process's own CPU per execution. "
+        f"Beside them, in the same run: bare node's CPU per execution {_n(bare)} ms, "
+        f"`node -e 0`'s {_n(node)} ms (wait4).",
+        "",
+        _table(_COST_HEADER, cpu_rows),
+        "",
+        _syscalls(results.get("syscalls") or {}),
+    ]
+    return "\n".join(lines)
+
+
+def _syscalls(figures: dict[str, Any]) -> str:
+    if "status" in figures:
+        return f"Syscalls: {figures['status']} ({figures.get('note')})."
+    rows = [
+        [process, _n(numbers.get("per_execution")), _top(numbers.get("top_per_execution") or {})]
+        for system, counted in figures.items()
+        for process, numbers in _traced_processes(LABELS.get(system, system), counted)
+    ]
+    return "\n".join(
+        [
+            "Syscalls per execution (`strace -c`): a daemon with every thread (`-f`) and its fork "
+            "server (its own calls, not the jails it forks) around sequential trivial executions "
+            "and their refills; a bare node execution with its children, the median of a few. "
+            "The strace summaries are in the run's folder.",
+            "",
+            _table(["process", "syscalls per execution", "most frequent (per execution)"], rows),
+        ]
+    )
+
+
+def _traced_processes(label: str, counted: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A daemon's two processes, or a baseline's typical execution (at the median count)."""
+    if "daemon" in counted:
+        return [
+            (f"{label}: daemon", counted["daemon"]),
+            (f"{label}: fork server", counted["fork_server"]),
+        ]
+    return [
+        (label, (counted.get("typical") or {}) | {"per_execution": counted.get("per_execution")})
+    ]
+
+
+def _top(calls: dict[str, float]) -> str:
+    return ", ".join(f"{name} {count:.0f}" for name, count in calls.items())
 
 
 def _daemon_memory(results: dict[str, Any]) -> str:

@@ -3,9 +3,11 @@
 Systems (same step code, same input bytes): bare node and bubblewrap + node (a fresh process per
 execution running benchmarks/harness.js), sandboxd cold (``--pool-size 0``, and every execution
 asks for a jail of its own, see systems.COLD_LIMITS) and sandboxd warm (default pool). Phases, in
-order: latency at low load (with ``node -e 0`` alongside, for the jail start comparison),
-throughput against concurrency, the demo integration, payloads, sessions and tenant fairness.
-Daemon memory is read before and after.
+order: latency at low load (with ``node -e 0`` alongside, for the jail start comparison, and
+each sandboxd execution's phases), the daemons' own CPU per execution, throughput against
+concurrency, the demo integration, payloads, sessions and tenant fairness, and last the
+syscalls per execution (strace slows the daemon it is attached to). Daemon memory is read before
+and after. results.json also names the commit and the machine, and keeps the raw samples.
 """
 
 from __future__ import annotations
@@ -14,21 +16,36 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from benchmarks import daemons, extensions, load, stats, workloads
+from benchmarks import (
+    cost,
+    daemons,
+    extensions,
+    load,
+    phases,
+    provenance,
+    stats,
+    syscalls,
+    workloads,
+)
 from benchmarks.daemons import Daemon
 from benchmarks.plan import LARGE_PAYLOAD, Plan
-from benchmarks.systems import CLEAN_ENV, NodeStart, ProcessSystem, SandboxdSystem, System
+from benchmarks.systems import (
+    CLEAN_ENV,
+    NodeStart,
+    ProcessSystem,
+    Sample,
+    SandboxdSystem,
+    System,
+)
 from benchmarks.workloads import MiB, Workload, size_label
 from sandbox_client import Limits, SandboxClient
 
@@ -70,10 +87,15 @@ class Bench:
     progress: Progress
 
     @property
+    def sandboxd(self) -> list[SandboxdSystem]:
+        return [s for s in self.systems if isinstance(s, SandboxdSystem)]
+
+    @property
     def warm(self) -> SandboxdSystem:
-        return next(
-            s for s in self.systems if isinstance(s, SandboxdSystem) and s.name == "sandboxd_warm"
-        )
+        return next(s for s in self.sandboxd if s.name == "sandboxd_warm")
+
+    def baseline(self, name: str) -> ProcessSystem:
+        return next(s for s in self.systems if isinstance(s, ProcessSystem) and s.name == name)
 
 
 async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
@@ -87,12 +109,14 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
             "started_at": started_at.isoformat(timespec="seconds"),
             "plan": dataclasses.asdict(plan),
             "systems": [system.name for system in bench.systems],
+            "source": provenance.source(),
             "machine": await _machine(bench),
             "daemon_memory": {"before": await _memory(bench)},
         }
         progress.say(f"warm-up: {plan.warmup} trivial executions per system")
         await load.sequential(bench.systems, workloads.trivial(), plan.warmup)
         results |= await _latency(bench)
+        results["cost"] = await _own_cpu(bench)
         results["throughput"], totals = await _throughput(bench)
         jail_rss = _idle_jail_rss_mib(results["daemon_memory"]["before"])
         results["resources"] = {name: _resources(b, jail_rss) for name, b in totals.items()}
@@ -100,6 +124,7 @@ async def run(plan: Plan, out_dir: Path) -> dict[str, Any]:
         results["payloads"] = await _payloads(bench)
         progress.say("extensions: sessions, tenant fairness, Redis mode (where available)")
         results["extensions"] = await extensions.run(bench.warm, plan)
+        results["syscalls"] = await _syscalls(bench, out_dir)
         results["daemon_memory"]["after"] = await _memory(bench)
         results["daemon_outcomes"] = await _outcomes(bench)
     results["duration_s"] = (datetime.now(UTC) - started_at).total_seconds()
@@ -164,16 +189,10 @@ def _baselines() -> list[ProcessSystem]:
 
 
 async def _machine(bench: Bench) -> dict[str, Any]:
+    """The host (provenance.machine) and what the warm daemon says of itself."""
     status = await bench.clients["sandboxd_warm"].status()
-    return {
-        "cpus": os.cpu_count(),
-        # Others' work on the host skews every system; the load before the run says how quiet
-        # the host was (afterwards it mostly shows the benchmark's own load).
-        "load_1m_at_start": os.getloadavg()[0],
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "node": _version([_node(), "--version"]),
-        "bwrap": _version([BWRAP, "--version"]) if os.access(BWRAP, os.X_OK) else None,
+    bwrap = BWRAP if os.access(BWRAP, os.X_OK) else None
+    return provenance.machine(_node(), bwrap, CLEAN_ENV) | {
         "sandboxd": status.version,
         "cgroup_mode": status.cgroup_mode,
         "seccomp": status.seccomp,
@@ -181,11 +200,6 @@ async def _machine(bench: Bench) -> dict[str, Any]:
         # Without cgroups of their own the daemons' host CPU is psutil's lower bound.
         "daemon_cgroups_isolated": all(d.cgroups for d in bench.daemons.values()),
     }
-
-
-def _version(argv: Sequence[str]) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, env=CLEAN_ENV, check=False)
-    return done.stdout.strip()
 
 
 async def _memory(bench: Bench) -> dict[str, Any]:
@@ -213,10 +227,47 @@ async def _latency(bench: Bench) -> dict[str, Any]:
             "failed": pool.failed,
         }
     return {
-        "latency": {system.name: stats.latency(samples[system.name]) for system in bench.systems},
-        "node_start": stats.latency(samples[bench.node_start.name]),
+        "latency": {system.name: _with_cpu(samples[system.name]) for system in bench.systems},
+        "node_start": _with_cpu(samples[bench.node_start.name]),
         "jail_start": jail_start,
+        "phases": {
+            name: phases.summary([s.phases for s in samples[name] if s.phases is not None])
+            for name in bench.daemons
+        },
     }
+
+
+def _with_cpu(samples: list[Sample]) -> dict[str, Any]:
+    """Latency figures and the mean CPU ms a sample carried (a process's rusage; for sandboxd
+    the steps' own usage)."""
+    return stats.latency(samples) | {"cpu_ms": stats.usage(samples)["cpu_ms"]}
+
+
+async def _own_cpu(bench: Bench) -> dict[str, Any]:
+    """Each daemon's and fork server's CPU per sequential trivial execution."""
+    runs = bench.plan.cost_runs
+    bench.progress.say(f"daemon CPU: {runs} sequential trivial executions per daemon")
+    return {system.name: await cost.own_cpu(system, runs) for system in bench.sandboxd}
+
+
+async def _syscalls(bench: Bench, out_dir: Path) -> dict[str, Any]:
+    """Syscalls per execution: each daemon and fork server under strace, bare node's process."""
+    if not syscalls.available():
+        return {"status": "not measured", "note": "no strace on PATH (scripts/setup installs it)"}
+    plan = bench.plan
+    bench.progress.say(
+        f"syscalls: {plan.syscall_runs} trivial executions per daemon under strace, "
+        f"{plan.baseline_syscall_runs} of bare node"
+    )
+    figures = {
+        system.name: await cost.own_syscalls(system, plan.syscall_runs, out_dir)
+        for system in bench.sandboxd
+    }
+    bare = bench.baseline("bare_node")
+    figures[bare.name] = await asyncio.to_thread(
+        cost.process_syscalls, bare, plan.baseline_syscall_runs, out_dir
+    )
+    return figures
 
 
 async def _throughput(bench: Bench) -> tuple[dict[str, Any], dict[str, load.Batches]]:

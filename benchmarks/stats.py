@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from benchmarks.systems import Sample
+if TYPE_CHECKING:  # systems imports phases, which imports this module
+    from benchmarks.systems import Sample
 
 _ERRORS_KEPT = 3
 
@@ -23,12 +24,14 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 def latency(samples: Sequence[Sample]) -> dict[str, Any]:
-    """Count, errors and wall-time percentiles (ms) of the successful samples."""
+    """Count, errors and wall-time percentiles (ms) of the successful samples, and the samples
+    themselves (ms, in the order they were taken) so that any figure can be recomputed."""
     ok_ms = [sample.wall_s * 1000 for sample in samples if sample.error is None]
     summary: dict[str, Any] = {
         "n": len(ok_ms),
         "errors": len(samples) - len(ok_ms),
         "error_examples": error_examples(samples),
+        "samples_ms": [round(value, 3) for value in ok_ms],
     }
     waits_ms = [
         s.jail_wait_s * 1000 for s in samples if s.error is None and s.jail_wait_s is not None

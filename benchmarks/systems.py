@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import IO, Any, Protocol
 
 from benchmarks.daemons import CpuTime, Daemon
+from benchmarks.phases import Clock, Phases
 from benchmarks.workloads import Workload
 from sandbox_client import Limits, SandboxClient, SandboxError, decode_result
 from sandbox_client.v1 import sandbox_pb2 as pb
@@ -58,6 +59,7 @@ class Sample:
     cpu_s: float | None = None  # baselines: rusage of the process; sandboxd: the steps' Usage
     peak_memory_bytes: int | None = None  # baselines: max RSS; sandboxd: the steps' Usage
     jail_wait_s: float | None = None  # sandboxd: ExecutionStarted.lease_wait_us
+    phases: Phases | None = None  # sandboxd: when each event arrived
 
 
 class System(Protocol):
@@ -232,6 +234,7 @@ class SandboxdSystem:
 
     async def execute(self, workload: Workload) -> Sample:
         started = time.perf_counter()
+        clock = Clock()
         steps: list[pb.StepFinished] = []
         finished: pb.ExecutionFinished | None = None
         wait_s: float | None = None
@@ -248,6 +251,7 @@ class SandboxdSystem:
                 return_results="last",
                 timeout=EXECUTION_TIMEOUT_S,
             ):
+                clock.saw(event)
                 if event.HasField("execution_started"):
                     wait_s = event.execution_started.lease_wait_us / 1e6
                 elif event.HasField("step_finished"):
@@ -257,23 +261,29 @@ class SandboxdSystem:
         except SandboxError as error:
             return Sample(time.perf_counter() - started, f"{error.kind.name}: {error.message}")
         wall_s = time.perf_counter() - started
+        phases = clock.ended()
         return Sample(
             wall_s,
             error=_execution_error(finished, steps, workload),
             cpu_s=sum(step.usage.cpu_time_us for step in steps) / 1e6 or None,
             peak_memory_bytes=max((s.usage.peak_memory_bytes for s in steps), default=0) or None,
             jail_wait_s=wait_s,
+            phases=phases,
         )
 
-    async def settle(self) -> None:
-        """Wait until nothing runs and the pool is back at its target (refills cost CPU)."""
+    async def settle(self, poll_s: float = _SETTLE_POLL_S) -> None:
+        """Wait until nothing runs and the pool is back at its target (refills cost CPU).
+
+        Each poll is a GetStatus call, which costs the daemon CPU too: a measurement of the
+        daemon's own CPU polls less often (``poll_s``).
+        """
         deadline = time.monotonic() + _SETTLE_TIMEOUT_S
         while time.monotonic() < deadline:
             status = await self.client.status(timeout=5.0)
             pool = status.pool
             if not status.running and not pool.starting and pool.warm >= pool.target:
                 return
-            await asyncio.sleep(_SETTLE_POLL_S)
+            await asyncio.sleep(poll_s)
         print(
             f"warning: {self.name} did not settle within {_SETTLE_TIMEOUT_S:.0f} s", file=sys.stderr
         )

@@ -7,14 +7,31 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from benchmarks import charts, compare, load, ratios, report, stats, workloads
+from benchmarks import (
+    __main__,
+    charts,
+    compare,
+    load,
+    phases,
+    plan,
+    provenance,
+    ratios,
+    report,
+    run,
+    stats,
+    syscalls,
+    workloads,
+)
 from benchmarks.systems import HARNESS, Sample, run_process
 from sandbox_client import Step
+from sandbox_client.v1 import sandbox_pb2 as pb
 
 SYSTEMS = ["bare_node", "bubblewrap", "sandboxd_cold", "sandboxd_warm"]
 MiB = 2**20
@@ -45,10 +62,32 @@ def payload_points(p50_16mib: float) -> list[dict[str, Any]]:
     return [{"size_bytes": 1024, **summary(5.0)}, {"size_bytes": 16 * MiB, **summary(p50_16mib)}]
 
 
+def boundaries(*phase_ms: float) -> dict[str, Any]:
+    """A phases summary whose phases (send -> ExecutionStarted -> ... -> end) last ``phase_ms``."""
+    rows, at = [], 0.0
+    for boundary, length in zip(phases.BOUNDARIES, phase_ms, strict=True):
+        at += length
+        rows.append(
+            {"boundary": boundary, "arrived_p50_ms": at, "made_p50_ms": at, "phase_p50_ms": length}
+        )
+    return {"n": 10, "boundaries": rows}
+
+
+def traced(daemon: float, fork_server: float) -> dict[str, Any]:
+    return {
+        "executions": 10,
+        "jails_started": 10,
+        "errors": 0,
+        "per_execution": daemon + fork_server,
+        "daemon": {"per_execution": daemon, "top_per_execution": {"epoll_wait": 40.0}},
+        "fork_server": {"per_execution": fork_server, "top_per_execution": {"close": 30.0}},
+    }
+
+
 def synthetic(scale: float = 1.0) -> dict[str, Any]:
     """A results.json as a quick run writes it; ``scale`` stretches sandboxd's latencies."""
     latency = {
-        "bare_node": summary(40.0, 50.0),
+        "bare_node": summary(40.0, 50.0) | {"cpu_ms": 50.0},
         "bubblewrap": summary(50.0),
         "sandboxd_cold": summary(75.0 * scale) | {"jail_wait_p50_ms": 44.0},
         "sandboxd_warm": summary(20.0 * scale, 40.0) | {"jail_wait_p50_ms": 0.1},
@@ -60,9 +99,41 @@ def synthetic(scale: float = 1.0) -> dict[str, Any]:
         "duration_s": 200.0,
         "plan": {"latency_runs": 10, "batch_s": 1.0, "throughput_rounds": 2},
         "systems": SYSTEMS,
-        "machine": {"cpus": 2, "kernel": "6.1", "node": "v20", "seccomp": True},
+        "source": {"commit": "0123456789abcdef" * 2 + "01234567", "dirty": False},
+        "machine": {
+            "cpu_model": "AMD EPYC",
+            "cpus": 2,
+            "kernel": "6.1",
+            "node": "v20",
+            "cgroup_mode": "v1",
+            "seccomp": True,
+        },
         "latency": latency,
-        "node_start": summary(25.0),
+        "node_start": summary(25.0) | {"cpu_ms": 40.0},
+        "phases": {
+            "sandboxd_warm": boundaries(2.0, 4.0, 5.0, 1.0, 8.0 * scale),
+            "sandboxd_cold": boundaries(60.0, 4.0, 5.0, 1.0, 5.0),
+        },
+        "cost": {
+            "sandboxd_warm": {
+                "executions": 10,
+                "jails_started": 10,
+                "daemon_cpu_ms": 10.0,
+                "fork_server_cpu_ms": 2.5,
+                "own_cpu_ms": 12.5,
+                "fork_server_cpu_ms_per_jail": 3.0,
+                "client_cpu_ms": 2.0,
+            }
+        },
+        "syscalls": {
+            "sandboxd_warm": traced(300.0, 100.0),
+            "bare_node": {
+                "executions": 3,
+                "per_execution": 800,
+                "totals": [790, 800, 810],
+                "typical": {"per_execution": 800.0, "top_per_execution": {"mmap": 63.0}},
+            },
+        },
         "jail_start": {"sandboxd_warm": {"p50_ms": 30.0, "p99_ms": 45.0, "started": 50}},
         "throughput": {
             "bare_node": curve(25.0, 50.0, 48.0),
@@ -159,9 +230,8 @@ def test_usage_and_jail_wait_of_samples() -> None:
 
 def test_rotation_starts_each_round_with_the_next_system() -> None:
     systems: list[Any] = ["a", "b", "c"]
-    assert load.rotated(systems, 0) == ["a", "b", "c"]
-    assert load.rotated(systems, 1) == ["b", "c", "a"]
-    assert load.rotated(systems, 5) == ["c", "a", "b"]
+    orders: list[list[Any]] = [load.rotated(systems, index) for index in (0, 1, 5)]
+    assert orders == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"]]
 
 
 def test_headline_ratios_of_synthetic_results() -> None:
@@ -178,6 +248,10 @@ def test_headline_ratios_of_synthetic_results() -> None:
     assert computed["redis_result_vs_warm_execution_p50"].value == pytest.approx(1.5)
     assert computed["redis_3_vs_1_workers_throughput"].value == pytest.approx(1.5)
     assert computed["warm_daemon_rss_after_vs_before"].value == pytest.approx(1.5)
+    assert computed["warm_own_cpu_vs_bare_node_cpu"].value == pytest.approx(12.5 / 50.0)
+    assert computed["fork_server_cpu_per_jail_vs_node_start_cpu"].value == pytest.approx(3 / 40)
+    assert computed["warm_syscalls_vs_bare_node"].value == pytest.approx(400.0 / 800.0)
+    assert computed["warm_rpc_tail_vs_warm_p50"].value == pytest.approx(8.0 / 20.0)
     assert [ratio.key for ratio in ratios.compute(synthetic())][: ratios.HEADLINE] == [
         "warm_vs_bare_node_p50",
         "cold_vs_bubblewrap_p50",
@@ -227,13 +301,235 @@ def test_compare_renders_one_table_with_flags(tmp_path: Path) -> None:
     text = compare.render(compare.rows(today, reference), today, reference)
     assert "REGRESSION" in text
     assert "n/a" in text
-    assert text.splitlines()[-1].endswith("regression(s) beyond 20%")
+    assert text.splitlines()[-1] == "1 regression(s) beyond 20%, 1 figure(s) missing"
 
     today_path, reference_path = tmp_path / "today.json", tmp_path / "reference.json"
     today_path.write_text(json.dumps(today))
     reference_path.write_text(json.dumps(reference))
     assert compare.main(today_path, reference_path) == 1
-    assert compare.main(reference_path, reference_path) == 0
+
+
+def test_compare_passes_when_every_figure_is_there_and_none_regressed(tmp_path: Path) -> None:
+    today_path, reference_path = tmp_path / "today.json", tmp_path / "reference.json"
+    today_path.write_text(json.dumps(synthetic(scale=1.1)))
+    reference_path.write_text(json.dumps(synthetic()))
+    assert compare.main(today_path, reference_path) == 0
+
+
+def test_compare_fails_when_a_figure_is_missing_on_either_side(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    without_syscalls = synthetic()
+    del without_syscalls["syscalls"]
+    today_path, reference_path = tmp_path / "today.json", tmp_path / "reference.json"
+    today_path.write_text(json.dumps(without_syscalls))
+    reference_path.write_text(json.dumps(synthetic(scale=0.9)))
+    assert compare.main(today_path, reference_path) == 1
+    printed = capsys.readouterr().out
+    assert "0 regression(s) beyond 20%, 1 figure(s) missing" in printed
+    missing_line = next(line for line in printed.splitlines() if "syscalls per warm" in line)
+    assert missing_line.endswith("MISSING")
+    # An old reference without the figure fails just the same: it needs refreshing.
+    assert compare.main(reference_path, today_path) == 1
+
+
+def test_compare_refuses_a_file_with_itself_or_its_copy(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reference_path, copy = tmp_path / "reference.json", tmp_path / "results.json"
+    reference_path.write_text(json.dumps(synthetic()))
+    copy.write_bytes(reference_path.read_bytes())
+    assert compare.main(reference_path, reference_path) == 2
+    assert compare.main(copy, reference_path) == 2
+    assert "are the same results: nothing to compare" in capsys.readouterr().err
+
+
+def test_compare_run_measures_first_then_compares_that_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``compare --run``: a quick run (its plan as asked; the measurement itself is replaced
+    here, a real one takes minutes) lands in the results folder and is what gets compared."""
+    planned: list[plan.Plan] = []
+
+    def measured(run_plan: plan.Plan, out_dir: Path) -> dict[str, Any]:
+        planned.append(run_plan)
+        return synthetic(scale=1.3)
+
+    monkeypatch.setattr(run, "run_sync", measured)
+    monkeypatch.setattr(compare, "RESULTS_DIR", tmp_path / "results")
+    reference_path = tmp_path / "reference.json"
+    reference_path.write_text(json.dumps(synthetic()))
+    argv = ["compare", "--run", "--runs", "3", "--reference", str(reference_path)]
+    assert __main__.main(argv) == 1
+    assert [p.mode for p in planned] == ["quick (--runs 3)"]
+    assert planned[0].latency_runs == 3
+    assert planned[0].throughput_rounds == plan.QUICK.throughput_rounds
+    (written,) = (tmp_path / "results").glob("*/results.json")
+    assert f"comparing {written} with {reference_path}" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as refused:
+        __main__.main(["compare", "--run", str(written)])
+    assert refused.value.code == 2
+
+
+def test_a_plan_with_fewer_runs_says_so() -> None:
+    short = plan.with_runs(plan.QUICK, 2)
+    assert short.mode == "quick (--runs 2)"
+    assert (short.latency_runs, short.cost_runs, short.syscall_runs, short.warmup) == (2, 2, 2, 2)
+    assert short.concurrency == plan.QUICK.concurrency
+    with pytest.raises(ValueError, match="runs must be at least 1, not 0"):
+        plan.with_runs(plan.QUICK, 0)
+
+
+def test_phases_of_one_execution_from_its_events() -> None:
+    clock = phases.Clock()
+    for kind in ("execution_started", "step_started", "log", "step_started", "step_finished"):
+        event = pb.ExecutionEvent()
+        getattr(event, kind).SetInParent()
+        event.time.GetCurrentTime()
+        clock.saw(event)
+    finished = pb.ExecutionEvent(execution_finished={})
+    finished.time.GetCurrentTime()
+    clock.saw(finished)
+    seen = clock.ended()
+    assert list(seen.arrived) == list(phases.BOUNDARIES)
+    assert list(seen.made) == list(phases.BOUNDARIES[:-1])
+    offsets = list(seen.arrived.values())
+    assert offsets == sorted(offsets)
+    assert all(0 <= value < 5.0 for value in seen.made.values())
+
+
+def test_phase_summary_takes_the_median_of_each_phase() -> None:
+    def run_of(*at_ms: float) -> phases.Phases:
+        arrived = {b: ms / 1000 for b, ms in zip(phases.BOUNDARIES, at_ms, strict=True)}
+        made = {b: arrived[b] - 0.0005 for b in phases.BOUNDARIES[:-1]}
+        return phases.Phases(arrived, made)
+
+    incomplete = phases.Phases({"execution_started": 0.001, "rpc_end": 0.002}, {})
+    figures = phases.summary(
+        [run_of(1, 5, 10, 11, 30), run_of(3, 6, 12, 13, 20), run_of(2, 4, 9, 10, 40), incomplete]
+    )
+    assert figures["n"] == 3
+    rows = {row["boundary"]: row for row in figures["boundaries"]}
+    assert rows["execution_started"]["phase_p50_ms"] == pytest.approx(2.0)
+    assert rows["step_finished"]["phase_p50_ms"] == pytest.approx(5.0)
+    assert rows["rpc_end"]["phase_p50_ms"] == pytest.approx(19.0)
+    assert rows["rpc_end"]["arrived_p50_ms"] == pytest.approx(30.0)
+    assert rows["rpc_end"]["made_p50_ms"] is None
+    assert rows["step_started"]["made_p50_ms"] == pytest.approx(4.5)
+    assert figures["samples_ms"][0] == [1.0, 5.0, 10.0, 11.0, 30.0]
+    assert phases.phase_p50_ms(figures, "rpc_end") == pytest.approx(19.0)
+    assert phases.summary([incomplete]) == {"n": 0}
+
+
+def test_latency_keeps_the_raw_samples() -> None:
+    figures = stats.latency([Sample(0.0105), Sample(9.0, "TIMEOUT: x"), Sample(0.0301234)])
+    assert figures["samples_ms"] == [10.5, 30.123]
+
+
+def test_source_names_the_checked_out_commit() -> None:
+    head = subprocess.run(
+        ["git", "-C", str(provenance.REPOSITORY), "rev-parse", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    source = provenance.source()
+    assert source["commit"] == head
+    assert source["dirty"] == (source["changed_files"] > 0)
+    assert provenance.source(Path("/")) == {"commit": None, "dirty": None, "changed_files": None}
+
+
+def test_cpu_model_is_the_first_model_name(tmp_path: Path) -> None:
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 7B13\n\nprocessor\t: 1\nmodel name\t: other\n"
+    )
+    assert provenance.cpu_model(cpuinfo) == "AMD EPYC 7B13"
+    cpuinfo.write_text("processor\t: 0\nCPU implementer\t: 0x41\n")
+    assert provenance.cpu_model(cpuinfo) is None
+
+
+def test_strace_summaries_are_added_up() -> None:
+    text = """syscall                calls    errors
+------------------ --------- ---------
+futex                     56         3
+read                      79
+------------------ --------- ---------
+total                    135         3
+syscall                calls    errors
+------------------ --------- ---------
+read                       1
+openat                    17        17
+------------------ --------- ---------
+total                     18        17
+"""
+    counts = syscalls.parse(text)
+    assert counts.calls == {"futex": 56, "read": 80, "openat": 17}
+    assert counts.errors == 20
+    assert counts.total == 153
+    figures = counts.figures(per=2)
+    assert figures["per_execution"] == 76.5
+    assert list(figures["top_per_execution"].items()) == [
+        ("read", 40.0),
+        ("futex", 28.0),
+        ("openat", 8.5),
+    ]
+
+
+needs_strace = pytest.mark.skipif(not syscalls.available(), reason="needs strace")
+
+
+@needs_strace
+def test_strace_counts_a_fresh_process(tmp_path: Path) -> None:
+    counts = syscalls.count_process(
+        [sys.executable, "-c", "import os\nfor _ in range(41): os.getppid()"],
+        None,
+        tmp_path / "summary.txt",
+    )
+    assert counts.calls["getppid"] == 41
+    assert counts.calls["execve"] == 1
+    with pytest.raises(syscalls.StraceError, match="exited with 3"):
+        syscalls.count_process([sys.executable, "-c", "exit(3)"], None, tmp_path / "failed.txt")
+
+
+@needs_strace
+def test_strace_attached_counts_only_while_attached(tmp_path: Path) -> None:
+    """A process calls getppid 5 times before strace attaches, 37 times while attached (on a
+    line on stdin), then 11 times after the detach: only the 37 count."""
+    script = (
+        "import os, sys\n"
+        "for _ in range(5): os.getppid()\n"
+        "print('ready', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    for _ in range(int(line)): os.getppid()\n"
+        "    print('done', flush=True)\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdin is not None and child.stdout is not None
+        assert child.stdout.readline() == "ready\n"
+        with syscalls.Attached(child.pid, tmp_path / "summary.txt", follow=True) as attached:
+            child.stdin.write("37\n")
+            child.stdin.flush()
+            assert child.stdout.readline() == "done\n"
+        child.stdin.write("11\n")
+        child.stdin.flush()
+        assert child.stdout.readline() == "done\n"
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
+    assert attached.counts().calls["getppid"] == 37
+
+
+def test_report_shows_the_cost_sections() -> None:
+    text = report.render(synthetic(), {})
+    assert "## Where a sandboxd execution's time goes" in text
+    assert "| end of the RPC | 20.0 | n/a | 8.0 |" not in text  # the last row has no stamp
+    assert "| end of the RPC | 20.0 | 20.0 | 8.0 |" in text
+    assert "| sandboxd warm (pool) | 10.0 | 2.5 | 12.5 | 3.0 | 2.0 | 10 |" in text
+    assert "bare node's CPU per execution 50.0 ms, `node -e 0`'s 40.0 ms" in text
+    assert "| sandboxd warm (pool): daemon | 300 | epoll_wait 40 |" in text
+    assert "| bare node (floor) | 800 | mmap 63 |" in text
 
 
 def test_report_and_charts_from_synthetic_results(tmp_path: Path) -> None:
