@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -86,7 +87,9 @@ class Dialer:
                     f"connecting to {target} timed out after {timeout_s:g} s", timed_out=True
                 ) from None
             except OSError as error:
-                errors.append(f"connecting to {target} failed: {error.strerror or error}")
+                # asyncio's message names the address again; the errno's text is what matters.
+                cause = os.strerror(error.errno) if error.errno else str(error)
+                errors.append(f"connecting to {target} failed: {cause}")
             except DialError as error:
                 errors.append(error.reason)
         raise DialError("; ".join(errors))

@@ -183,14 +183,24 @@ def _next_event(parser: h11.Connection) -> h11.Event | type[h11.NEED_DATA] | typ
 
 
 async def read_request(reader: asyncio.StreamReader, parser: h11.Connection) -> ProxyRequest:
-    """The next request head from `reader` (the caller bounds the time it may take)."""
+    """The next request head from `reader` (the caller bounds the time it may take).
+
+    At most MAX_HEAD_BYTES are read for the head: h11 bounds only a head that arrives in pieces.
+    """
+    received = 0
     while True:
         event = _next_event(parser)
         if isinstance(event, h11.Request):
             return _to_proxy_request(event, parser)
         if event is not h11.NEED_DATA:
             raise RequestError(HTTPStatus.BAD_REQUEST, "malformed request")
-        data = await reader.read(READ_SIZE)
+        if received >= MAX_HEAD_BYTES:
+            raise RequestError(
+                HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                f"request head larger than {MAX_HEAD_BYTES} bytes",
+            )
+        data = await reader.read(MAX_HEAD_BYTES - received)
+        received += len(data)
         if not data:
             raise RequestError(HTTPStatus.BAD_REQUEST, "connection closed before a full request")
         parser.receive_data(data)

@@ -76,6 +76,7 @@ async def https_request(
     authority: str,
     server_name: str,
     context: ssl.SSLContext,
+    *,
     method: str = "GET",
     target: str = "/",
     body: bytes = b"",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 import tempfile
@@ -31,6 +32,7 @@ from tests.egress.servers import (
     first_then,
     fixed,
     half_close_server,
+    hold_server,
 )
 
 PARTNER = "203.0.113.10"  # partner.test: HTTPS on 443 and 8443, HTTP on 80
@@ -52,6 +54,7 @@ DECOY_ADDRESSES = (
 )
 DECOY_PORTS = (80, 443)
 ECHO_PORT = 7007  # half_close_server on PARTNER
+HOLD_PORT = 7008  # hold_server on PARTNER
 SILENT_PORT = 7999  # a full backlog on PARTNER: connects hang
 
 # Every test's tenant allows these; the denial tests show the address rules win regardless.
@@ -59,7 +62,7 @@ POLICY = EgressPolicy.parse(
     [
         "partner.test:443,80",
         "*.partner.test:443,8443,80",
-        f"{PARTNER}:80,443,{ECHO_PORT},9,{SILENT_PORT}",
+        f"{PARTNER}:80,443,{ECHO_PORT},{HOLD_PORT},9,{SILENT_PORT}",
         f"[{PARTNER6}]:443",
         "api.partner2.test:8443",
         "*.evil.test:80,443",
@@ -90,6 +93,7 @@ def zone() -> dict[str, dict[str, Any]]:
         "mixed.evil.test": {"A": fixed(PARTNER, "10.0.0.5")},
         "mixed6.evil.test": {"A": fixed(PARTNER), "AAAA": fixed("fd00:ec2::254")},
         "rebind.evil.test": {"A": first_then([PARTNER], ["169.254.169.254"])},
+        "rebind-proxy.evil.test": {"A": first_then([PARTNER], ["169.254.169.254"])},
         "slow.partner.test": {"A": fixed(PARTNER)},
     }
 
@@ -123,6 +127,7 @@ async def _start(
         await serve(internet.https.serve, host, port, server_tls)
     await serve(internet.http.serve, PARTNER, 80)
     await serve(half_close_server, PARTNER, ECHO_PORT)
+    await serve(hold_server, PARTNER, HOLD_PORT)
     await serve(internet.gateway.serve, GATEWAY, 3128)
     for decoy in internet.decoys:
         await serve(decoy.serve, decoy.address, decoy.port)
@@ -137,11 +142,18 @@ async def _start(
     for _ in range(3):
         filler = socket.socket()
         filler.setblocking(False)
-        try:
+        with contextlib.suppress(BlockingIOError):
             filler.connect((PARTNER, SILENT_PORT))
-        except BlockingIOError:
-            pass
         silent.append(filler)
+
+
+async def _stop(internet: Internet) -> None:
+    for server in internet.servers:
+        server.close()
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 @pytest.fixture(scope="package")
@@ -177,6 +189,7 @@ def internet() -> Iterator[Internet]:
         silent: list[socket.socket] = []
         ns.run(_start(internet, server_tls, silent))
         yield internet
+        ns.run(_stop(internet))
         for sock in silent:
             sock.close()
         ns.stop()

@@ -160,6 +160,13 @@ async def half_close_server(reader: asyncio.StreamReader, writer: asyncio.Stream
     writer.close()
 
 
+async def hold_server(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Reads until the client's EOF, then holds its side open and says nothing."""
+    while await reader.read(65536):
+        pass
+    await asyncio.sleep(3600)
+
+
 Answer = Callable[[int], list[str]]  # the n-th query of a name (from 0) -> its addresses
 
 

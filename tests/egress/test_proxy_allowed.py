@@ -24,7 +24,15 @@ def test_https_get_and_post_with_large_bodies_through_connect(proxy: ProxyUnderT
     assert hashlib.sha256(download.body).digest() == hashlib.sha256(payload(8 * MiB)).digest()
     upload = payload(6 * MiB)
     echo = proxy.run(
-        https_request(port, "partner.test:443", "partner.test", tls, "POST", "/echo", upload)
+        https_request(
+            port,
+            "partner.test:443",
+            "partner.test",
+            tls,
+            method="POST",
+            target="/echo",
+            body=upload,
+        )
     )
     assert echo.status == 200
     assert echo.body == upload

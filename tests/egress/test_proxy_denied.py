@@ -67,7 +67,8 @@ LITERALS = [
     ),
     (
         "[64:ff9b::169.254.169.254]",
-        f"address 64:ff9b::a9fe:a9fe is NAT64 (64:ff9b::/96) of 169.254.169.254, which {LINK_LOCAL}",
+        "address 64:ff9b::a9fe:a9fe is NAT64 (64:ff9b::/96) of 169.254.169.254,"
+        f" which {LINK_LOCAL}",
     ),
     (
         "[64:ff9b::a00:5]",
@@ -171,19 +172,19 @@ def test_rebinding_gets_one_lookup_and_is_denied_on_the_next(proxy: ProxyUnderTe
     partner_connections = proxy.internet.https.connections
 
     tls = proxy.internet.client_tls
-    reply = proxy.run(https_request(port, "rebind.evil.test:443", "partner.test", tls))
+    reply = proxy.run(https_request(port, "rebind-proxy.evil.test:443", "partner.test", tls))
     assert (reply.status, reply.body) == (200, b"partner says hello\n")
-    assert dns.count("rebind.evil.test", "A") == 1
+    assert dns.count("rebind-proxy.evil.test", "A") == 1
     (record,) = proxy.settled(1)
     assert (record.outcome, record.address) == (Outcome.ALLOWED, PARTNER)
-    reply = proxy.run(ask(port, connect_request("rebind.evil.test:443")))
+    reply = proxy.run(ask(port, connect_request("rebind-proxy.evil.test:443")))
     _assert_denied(
         reply.status_line,
         reply.headers.get("x-sandboxd-egress-denied"),
         reply.body,
-        f"address 169.254.169.254 of 'rebind.evil.test' {LINK_LOCAL}",
+        f"address 169.254.169.254 of 'rebind-proxy.evil.test' {LINK_LOCAL}",
     )
-    assert dns.count("rebind.evil.test", "A") == 2
+    assert dns.count("rebind-proxy.evil.test", "A") == 2
     assert proxy.internet.https.connections == partner_connections + 1
 
 
