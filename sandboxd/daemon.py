@@ -20,6 +20,7 @@ from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
 from sandbox_client.v1 import sandbox_pb2, sandbox_pb2_grpc
+from sandboxd import preflight
 from sandboxd.config import ConfigError, Settings
 from sandboxd.egress import EgressProxy
 from sandboxd.executions import EgressGateway, Executor
@@ -90,6 +91,7 @@ class Daemon:
 
     async def start(self) -> None:
         settings = self.settings
+        preflight.run(settings)  # refuses to start, naming the privilege a jail would lack
         self._cgroups, mode = open_cgroups(settings)
         self._launcher = await JailLauncher.start(seccomp=settings.seccomp)
         self.telemetry = self._given_telemetry or Telemetry.setup(
