@@ -92,17 +92,15 @@ const netConnect = net.connect;
 const netIsIP = net.isIP;
 const tlsConnect = tls.connect;
 const tlsCreateSecureContext = tls.createSecureContext;
-const TLS_ROOT_CERTIFICATES = tls.rootCertificates;
 const HttpAgentPrototype = http.Agent.prototype;
 const HttpsAgentPrototype = https.Agent.prototype;
 const httpCreateConnection = HttpAgentPrototype.createConnection;
 const httpsCreateConnection = HttpsAgentPrototype.createConnection;
 // fetch is Node's built-in (undici). Its dispatcher, which opens the connections, is an undici
-// Agent that Node creates when the fetch module loads: at startup on Node 22, at the first use of
-// fetch (or Headers, Request, Response, FormData) on Node 20. Reading the lazy Headers global
-// loads the module without sending anything.
+// Agent that Node creates when the fetch module loads, at the first use of fetch (or Headers,
+// Request, ...): loading it costs 20-50 ms, so only steps that use it pay. Even reading the
+// descriptor of one of those globals loads it on Node 22.
 const fetchBuiltin = globalThis.fetch;
-const loadFetchModule = (ReflectGetOwnPropertyDescriptor(globalThis, 'Headers') || {}).get;
 const UNDICI_DISPATCHER = Symbol.for('undici.globalDispatcher.1');
 
 const processNextTick = process.nextTick;
@@ -1015,12 +1013,15 @@ function connectForFetch(options, callback) {
 // class of the one Node created, which it replaces, once the fetch module has loaded.
 let fetchDispatcher = null;
 
+function ignore() {}
+
 function routeFetch() {
   const current = globalThis[UNDICI_DISPATCHER];
   if (current !== undefined && current === fetchDispatcher) return;
   if (fetchDispatcher === null) {
-    if (current === undefined && typeof loadFetchModule === 'function') {
-      ReflectApply(loadFetchModule, globalThis, []);
+    if (current === undefined) {
+      // Loads the module (and its dispatcher) and fails on the URL before anything is sent.
+      PromisePrototypeThen(ReflectApply(fetchBuiltin, undefined, ['http://[']), ignore, ignore);
     }
     const created = globalThis[UNDICI_DISPATCHER];
     if (created === undefined) {
@@ -1106,17 +1107,17 @@ function installEgress() {
     enumerable: true,
     configurable: true,
   });
-  // On Node 22 the dispatcher exists already: route it now, WebSocket's connections too.
-  if (globalThis[UNDICI_DISPATCHER] !== undefined) routeFetch();
 }
 
 // The exec frame's egress.caPem: CA certificates (PEM) trusted besides Node's own.
 function setEgressCa(egress) {
   const caPem = egress !== null && typeof egress === 'object' ? own(egress, 'caPem', '') : '';
   if (typeof caPem !== 'string' || caPem === '') return;
+  // Read only now (still before any step): Node builds the list on first access.
+  const roots = tls.rootCertificates;
   const list = [];
-  for (let i = 0; i < TLS_ROOT_CERTIFICATES.length; i += 1) list[i] = TLS_ROOT_CERTIFICATES[i];
-  list[TLS_ROOT_CERTIFICATES.length] = caPem;
+  for (let i = 0; i < roots.length; i += 1) list[i] = roots[i];
+  list[roots.length] = caPem;
   egressCaList = list;
   egressSecureContext = null;
 }

@@ -488,6 +488,8 @@ module.exports = async () => {
   });
   return {
     links,
+    // fetch's module loads at the first fetch (20-50 ms), not when the runner starts.
+    fetchLoaded: globalThis[Symbol.for('undici.globalDispatcher.1')] !== undefined,
     interfaces: Object.keys(os.networkInterfaces()),
     devices: fs.readFileSync('/proc/net/dev', 'utf8').trim().split('\n').slice(2)
       .map((line) => line.trim().split(':')[0]),
@@ -512,6 +514,7 @@ async def test_the_runner_holds_no_socket_and_the_jail_has_only_lo(pool: JailPoo
     # Node's own descriptors are its epoll, eventfd and pipes: not one socket, not the proxy's.
     assert [link for link in links.values() if link.startswith("socket:")] == []
     assert f"socket:[{proxy_inode}]" not in links.values()
+    assert seen["fetchLoaded"] is False
     assert seen["interfaces"] == ["lo"]
     assert seen["devices"] == ["lo"]
     assert seen["routes"] == 0
