@@ -12,17 +12,16 @@ import os
 import select
 import shutil
 import signal
+import struct
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from sandboxd import channel
-from sandboxd.channel import Frame
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "images" / "node" / "runner.js"
@@ -39,6 +38,26 @@ EXEC = {
     "configVars": {"region": "eu"},
     "credentials": {"apiKey": "k-123"},
 }
+
+
+PREFIX = struct.Struct(">II")  # header_len | body_len, as docs/channel.md says
+
+
+@dataclass(frozen=True)
+class Frame:
+    """A frame as docs/channel.md defines it; decoded here, apart from the daemon's own code."""
+
+    header: dict[str, Any]
+    body: bytes = b""
+
+    @property
+    def type(self) -> str:
+        return str(self.header["t"])
+
+
+def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
+    raw = json.dumps(header).encode()
+    return PREFIX.pack(len(raw), len(body)) + raw + body
 
 
 def _high(fd: int) -> int:
@@ -85,7 +104,7 @@ class Runner:
     # -- frames -------------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        data = channel.encode(header, body)
+        data = encode(header, body)
         while data:
             data = data[os.write(self.work, data) :]
 
@@ -106,12 +125,14 @@ class Runner:
     def read(self) -> Frame | None:
         """The next frame, or None at the end of fd 4."""
         deadline = time.monotonic() + TIMEOUT
-        prefix = self._read_exact(channel.PREFIX_SIZE, deadline)
+        prefix = self._read_exact(PREFIX.size, deadline)
         if not prefix:
             return None
-        assert len(prefix) == channel.PREFIX_SIZE, "stream ended inside a frame prefix"
-        header_len, body_len = channel.parse_prefix(prefix, MAX_BODY)
-        header = channel.parse_header(self._read_exact(header_len, deadline))
+        assert len(prefix) == PREFIX.size, "stream ended inside a frame prefix"
+        header_len, body_len = PREFIX.unpack(prefix)
+        assert body_len <= MAX_BODY, f"a body of {body_len} bytes"
+        header = json.loads(self._read_exact(header_len, deadline))
+        assert isinstance(header, dict) and isinstance(header.get("t"), str), header
         body = self._read_exact(body_len, deadline)
         assert len(body) == body_len, "stream ended inside a frame"
         return Frame(header, body)
