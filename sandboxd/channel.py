@@ -10,8 +10,8 @@ bytes whose meaning depends on the type (step code, input JSON, log text, a resu
 
 Every byte that comes out of a jail is hostile: the runner shares its process with customer code,
 which can write anything to any descriptor it holds. So the reader bounds each frame before it
-allocates, requires a JSON object with a string ``t``, and raises :class:`ProtocolError` for
-anything else; the caller ends that execution and nothing more.
+allocates, decodes each header into its type's exact schema (``sandboxd/frames.py``), and raises
+:class:`ProtocolError` for anything else; the caller ends that execution and nothing more.
 """
 
 from __future__ import annotations
@@ -19,29 +19,39 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sandboxd.frames import (
+    MAX_HEADER_BYTES,
+    ProtocolError,
+    RunnerHeader,
+    body_problem,
+    decode_header,
+    header_limit,
+    type_of,
+)
+
+__all__ = ["EndInsideFrame", "Frame", "ProtocolError", "RunnerChannel", "encode", "read_frame"]
+
 _PREFIX = struct.Struct(">II")
 PREFIX_SIZE = _PREFIX.size
-
-# A header carries names, kinds, messages and stacks: generous, but never megabytes.
-MAX_HEADER_BYTES = 256 * 1024
 _READ_BUFFER_BYTES = 2 * 1024 * 1024
 
-
-class ProtocolError(Exception):
-    """The peer sent something that is not a well-formed frame within the limits."""
+# Called with a frame's header, header length and body length before its body is read: raises
+# ProtocolError (or the caller's own budget error) to refuse the frame.
+FrameCheck = Callable[[RunnerHeader, int, int], None]
 
 
 @dataclass(frozen=True, slots=True)
 class Frame:
-    header: dict[str, Any]
+    header: RunnerHeader
     body: bytes = b""
 
     @property
     def type(self) -> str:
-        return str(self.header["t"])
+        return type_of(self.header)
 
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
@@ -50,42 +60,47 @@ def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
     return _PREFIX.pack(len(raw), len(body)) + raw + body
 
 
-def parse_prefix(prefix: bytes, max_body: int) -> tuple[int, int]:
-    """Header and body lengths from a frame prefix, refused when over the caps."""
-    header_len, body_len = _PREFIX.unpack(prefix)
-    if header_len == 0 or header_len > MAX_HEADER_BYTES:
-        raise ProtocolError(f"frame header of {header_len} bytes (limit {MAX_HEADER_BYTES})")
-    if body_len > max_body:
-        raise ProtocolError(f"frame body of {body_len} bytes (limit {max_body})")
-    return header_len, body_len
+class EndInsideFrame(ProtocolError):
+    """The stream ended part way through a frame: the writer died, most likely."""
 
 
-def parse_header(raw: bytes) -> dict[str, Any]:
-    """The header object, or ProtocolError for anything but a JSON object with a string `t`."""
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise ProtocolError(f"frame header is not UTF-8 JSON: {exc}") from None
-    if not isinstance(header, dict) or not isinstance(header.get("t"), str):
-        raise ProtocolError("frame header is not an object with a string 't'")
-    return header
+async def read_frame(reader: asyncio.StreamReader, check: FrameCheck) -> Frame | None:
+    """The next frame, or None at a clean end of stream (between frames).
 
-
-async def read_frame(reader: asyncio.StreamReader, max_body: int) -> Frame | None:
-    """The next frame, or None at a clean end of stream (between frames)."""
+    Each part is bounded before it is read: the header by the largest any frame has, then by its
+    own type's; the body by `check`, which sees the decoded header first.
+    """
     try:
         prefix = await reader.readexactly(PREFIX_SIZE)
     except asyncio.IncompleteReadError as exc:
         if exc.partial:
-            raise ProtocolError("stream ended inside a frame prefix") from None
+            raise EndInsideFrame("the stream ended inside a frame prefix") from None
         return None
-    header_len, body_len = parse_prefix(prefix, max_body)
+    header_len, body_len = _PREFIX.unpack(prefix)
+    if header_len == 0 or header_len > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header of {header_len} bytes (limit {MAX_HEADER_BYTES})")
     try:
         raw_header = await reader.readexactly(header_len)
+    except asyncio.IncompleteReadError:
+        raise EndInsideFrame("the stream ended inside a frame header") from None
+    header = decode_header(raw_header)
+    if header_len > header_limit(header):
+        limit = header_limit(header)
+        raise ProtocolError(f"{type_of(header)!r} header of {header_len} bytes (limit {limit})")
+    check(header, header_len, body_len)
+    try:
         body = await reader.readexactly(body_len) if body_len else b""
     except asyncio.IncompleteReadError:
-        raise ProtocolError("stream ended inside a frame") from None
-    return Frame(parse_header(raw_header), body)
+        raise EndInsideFrame("the stream ended inside a frame body") from None
+    return Frame(header, body)
+
+
+def _within(max_body: int) -> FrameCheck:
+    def check(header: RunnerHeader, header_len: int, body_len: int) -> None:
+        if problem := body_problem(header, body_len, max_body, max_body):
+            raise ProtocolError(f"{type_of(header)!r} frame: {problem}")
+
+    return check
 
 
 class RunnerChannel:
@@ -116,12 +131,16 @@ class RunnerChannel:
         writer = asyncio.StreamWriter(transport, protocol, None, loop)
         return cls(events, output, writer, [events_transport, output_transport])
 
-    async def send(self, header: dict[str, Any], body: bytes = b"") -> None:
+    async def send(self, header: dict[str, Any], body: bytes, timeout_s: float) -> None:
+        """Write a frame; TimeoutError when the runner has not taken it within `timeout_s`:
+        a runner that stops reading holds up no one but its own execution."""
         self._work.write(encode(header, body))
-        await self._work.drain()
+        async with asyncio.timeout(max(0.0, timeout_s)):
+            await self._work.drain()
 
     async def receive(self, max_body: int) -> Frame | None:
-        return await read_frame(self.events, max_body)
+        """The next frame, its body within `max_body` and its type's own limits."""
+        return await read_frame(self.events, _within(max_body))
 
     def close(self) -> None:
         self._work.close()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from sandbox_client.v1 import sandbox_pb2 as pb
-from sandboxd.channel import Frame
+from sandboxd.frames import Result
 from sandboxd.outcomes import StepFailure
 from sandboxd.redaction import Redactor
 from sandboxd.requests import StepPlan
@@ -51,11 +50,14 @@ class EventStamper:
     def step_started(self, step: StepPlan) -> pb.ExecutionEvent:
         return self.make(step_started=pb.StepStarted(step=step.name, index=step.index))
 
-    def log(self, step: StepPlan, level: str, text: str, ms: object = None) -> pb.ExecutionEvent:
-        """A log line; `ms` is the runner's own timestamp when it sent one."""
+    def log(
+        self, step: StepPlan, level: str, text: str, ms: int | None = None
+    ) -> pb.ExecutionEvent:
+        """A log line; `ms` is the runner's own timestamp when it sent one (frames.Log has
+        checked that it is within a Timestamp's range)."""
         stamp = _now()
-        if isinstance(ms, int | float) and math.isfinite(ms) and ms >= 0:
-            stamp.FromMilliseconds(int(ms))
+        if ms is not None:
+            stamp.FromMilliseconds(ms)
         log = pb.Log(
             step=step.name,
             level=_LEVELS.get(level, pb.LOG_LEVEL_INFO),
@@ -70,18 +72,17 @@ class EventStamper:
         return event
 
     def step_result(
-        self, step: StepPlan, frame: Frame, usage: pb.Usage
+        self, step: StepPlan, header: Result, body: bytes, usage: pb.Usage
     ) -> Iterator[pb.ExecutionEvent]:
         """The StepFinished of a result frame, preceded by its chunks when it is large."""
         finished = pb.StepFinished(
             step=step.name,
             index=step.index,
-            result_bytes=int(frame.header.get("size", len(frame.body))),
+            result_bytes=header.size,
             usage=usage,
-            kept=bool(frame.header.get("kept")),
+            kept=header.kept,
         )
-        binary = frame.header.get("encoding") == "binary"
-        body = frame.body
+        binary = header.encoding == "binary"
         if len(body) > RESULT_CHUNK_BYTES:
             for offset in range(0, len(body), RESULT_CHUNK_BYTES):
                 piece = body[offset : offset + RESULT_CHUNK_BYTES]

@@ -18,80 +18,49 @@ import ctypes
 import dataclasses
 import gc
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 
 from sandbox_client.v1 import sandbox_pb2 as pb
-from sandboxd.channel import Frame, ProtocolError
+from sandboxd.channel import Frame
 from sandboxd.egress import EgressGrant, EgressProxy, EgressSession, EgressUsage
 from sandboxd.events import EventStamper
+from sandboxd.frames import Error as ErrorHeader
+from sandboxd.frames import Log, ProtocolError, Result, Truncated
 from sandboxd.jail.errors import JailError
-from sandboxd.kinds import outcome_name
-from sandboxd.outcomes import RECOVERABLE, StepFailure, classify_death, runner_error
+from sandboxd.kinds import ending_outcome, outcome_name
+from sandboxd.outcomes import StepFailure, classify_death, protocol_violation, runner_error
+from sandboxd.output import EndOfEvents, JailOutput, OutputLimit
 from sandboxd.pool import JailPool, PoolClosed, PooledJail
 from sandboxd.redaction import Redactor
 from sandboxd.requests import ExecutionPlan, InvalidRequest, StepPlan
 from sandboxd.telemetry import Telemetry
-from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded
+from sandboxd.tenants import Admission
 
-# Beyond the runner's own truncation, output is flooding the channel on purpose: stop the step.
-_FLOOD_FACTOR = 2
-_FLOOD_SLACK = 64 * 1024
-_EXIT_WAIT_S = 2.0
+log = logging.getLogger(__name__)
+
 _OWN_EXIT_GRACE_S = 0.5
 # The runner's JSON.stringify makes every real result; only a forged frame carries anything else.
 # Parsing a result in the daemon costs ~10 ms per MiB, so larger ones are left to the client,
 # which reports an undecodable result as an error of the step's own making.
 _VALIDATED_JSON_BYTES = 1024 * 1024
 _INLINE_JSON_BYTES = 64 * 1024
-_QUEUE_DEPTH = 256
 _TRIM_AFTER_BYTES = 4 * 1024 * 1024
 _libc = ctypes.CDLL(None)
-_OUTPUT_TAIL = 4096
 
 
-class _JailOutput:
-    """Merges the runner's frames and its raw stdout/stderr into one bounded queue."""
-
-    def __init__(self, jail: PooledJail, max_body: int):
-        self.max_body = max_body
-        self.queue: asyncio.Queue[Frame | bytes | Exception | None] = asyncio.Queue(_QUEUE_DEPTH)
-        self.tail = b""  # the last raw output, for telling how the runner died
-        self._tasks = [
-            asyncio.create_task(self._frames(jail)),
-            asyncio.create_task(self._raw(jail)),
-        ]
-
-    async def _frames(self, jail: PooledJail) -> None:
-        try:
-            while (frame := await jail.channel.receive(self.max_body)) is not None:
-                await self.queue.put(frame)
-            await self.queue.put(None)
-        except ProtocolError as exc:
-            await self.queue.put(exc)
-
-    async def _raw(self, jail: PooledJail) -> None:
-        while chunk := await jail.channel.output.read(64 * 1024):
-            self.tail = (self.tail + chunk)[-_OUTPUT_TAIL:]
-            await self.queue.put(chunk)
-
-    async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-class _LogBudget:
-    """What one step may still log: bytes and entries, then a single truncation marker."""
+class _LogStream:
+    """What one step may still stream to the caller: log bytes and entries, then one marker."""
 
     def __init__(self, step: StepPlan):
         self.max_bytes = step.limits.log_bytes
         self.max_lines = step.limits.log_lines
         self.bytes = 0
         self.lines = 0
-        self.truncated = False
+        self.truncated = False  # the truncation marker went out: nothing more is streamed
 
     def admit(self, size: int) -> bool:
         """Count an entry; whether it may be streamed."""
@@ -99,9 +68,11 @@ class _LogBudget:
         self.lines += 1
         return not self.truncated and self.bytes <= self.max_bytes and self.lines <= self.max_lines
 
-    @property
-    def flooding(self) -> bool:
-        return self.bytes > self.max_bytes * _FLOOD_FACTOR + _FLOOD_SLACK
+    def limit_reached(self) -> str:
+        """Which limit the step went past."""
+        if self.lines > self.max_lines:
+            return f"{self.max_lines} lines"
+        return f"{self.max_bytes} bytes"
 
 
 class Execution:
@@ -155,7 +126,7 @@ class Execution:
                     lease_wait_us=int((time.monotonic() - began) * 1e6),
                 )
             )
-            output = _JailOutput(jail, max_body=plan.limits.result_bytes)
+            output = JailOutput(jail.channel, plan.limits)
             try:
                 async for event in self._run_steps(jail, output):
                     yield event
@@ -183,8 +154,13 @@ class Execution:
         finally:
             await session.close()
 
+    def internal_error(self) -> pb.ExecutionEvent:
+        """The ExecutionFinished of an execution the daemon itself failed (its log says how)."""
+        failure = StepFailure(pb.ERROR_KIND_INTERNAL, "the daemon failed while running it")
+        return self._events.finished(0, ("", failure), pb.Usage())
+
     async def _run_steps(
-        self, jail: PooledJail, output: _JailOutput
+        self, jail: PooledJail, output: JailOutput
     ) -> AsyncIterator[pb.ExecutionEvent]:
         began = time.monotonic()
         cpu_mark = _cpu_time_us(jail)
@@ -192,7 +168,7 @@ class Execution:
         completed = 0
         failure: tuple[str, StepFailure] | None = None
         try:
-            await self._send_context(jail, output)
+            await self._send_context(jail)
         except StepFailure as exc:
             usage = _usage(0, jail, cpu_mark, self._egress, egress_mark)
             yield self._events.finished(0, ("", exc), usage)
@@ -209,7 +185,7 @@ class Execution:
             except StepFailure as exc:
                 failure = (step.name, exc)
                 yield self._events.step_failed(step, exc)
-                if not (self.plan.session and exc.kind in RECOVERABLE):
+                if not (self.plan.session and exc.recoverable):
                     break
         usage = _usage(time.monotonic() - began, jail, cpu_mark, self._egress, egress_mark)
         yield self._events.finished(completed, failure, usage)
@@ -235,7 +211,7 @@ class Execution:
                 return
             yield step
 
-    async def _send_context(self, jail: PooledJail, output: _JailOutput) -> None:
+    async def _send_context(self, jail: PooledJail) -> None:
         plan = self.plan
         header = {
             "t": "exec",
@@ -247,18 +223,25 @@ class Execution:
         }
         if self._gateway is not None and self._gateway.ca_pem and plan.egress.destinations:
             header["egress"] = {"caPem": self._gateway.ca_pem}
-        await self._send(jail, output, header, plan.input)
+        limit_ms = plan.limits.timeout_ms
+        deadline = time.monotonic() + limit_ms / 1000
+        late = f"the runner did not take the execution's context within {limit_ms} ms"
+        await self._send(jail, header, plan.input, deadline, late)
 
     async def _run_step(
-        self, jail: PooledJail, output: _JailOutput, step: StepPlan
+        self, jail: PooledJail, output: JailOutput, step: StepPlan
     ) -> AsyncIterator[pb.ExecutionEvent]:
         limits = step.limits
-        output.max_body = limits.result_bytes
         began = time.monotonic()
+        # Sending the step's work counts against its time: a runner that stops reading is late.
+        deadline = began + limits.timeout_ms / 1000
+        late = f"step {step.name!r} ran past its time limit of {limits.timeout_ms} ms"
         cpu_mark = _cpu_time_us(jail)
         egress_mark = _egress_mark(self._egress)
+        output.begin_step(step.index, limits)
         if step.input is not None:
-            await self._send(jail, output, {"t": "input", "seq": step.index}, step.input)
+            header = {"t": "input", "seq": step.index}
+            await self._send(jail, header, step.input, deadline, late)
         header = {
             "t": "step",
             "seq": step.index,
@@ -267,102 +250,92 @@ class Execution:
             "logBytes": limits.log_bytes,
             "resultBytes": limits.result_bytes,
         }
-        await self._send(jail, output, header, step.code.encode())
-        budget = _LogBudget(step)
-        deadline = began + limits.timeout_ms / 1000
+        await self._send(jail, header, step.code.encode(), deadline, late)
+        stream = _LogStream(step)
         while True:
-            item = await self._next(output, jail, step, deadline)
-            if isinstance(item, Frame) and item.type == "result":
-                problem = await _result_problem(item)
-                if problem:
-                    raise await self._died(jail, output, f"the runner sent a bad result: {problem}")
+            item = await self._next(output, jail, deadline, late)
+            if isinstance(item, Frame) and isinstance(item.header, Result):
+                await _check_result(jail, item.header, item.body)
                 duration = time.monotonic() - began
                 usage = _usage(duration, jail, cpu_mark, self._egress, egress_mark)
-                for event in self._events.step_result(step, item, usage):
+                for event in self._events.step_result(step, item.header, item.body, usage):
                     yield event
                 return
-            if isinstance(item, Frame) and item.type == "error":
-                raise runner_error(item, jail.cgroup)
-            for event in self._logs(step, item, budget):
+            if isinstance(item, Frame) and isinstance(item.header, ErrorHeader):
+                raise runner_error(item.header, jail)
+            for event in self._logs(step, item, stream):
                 yield event
-            if budget.flooding:
-                jail.kill()
-                raise StepFailure(
-                    pb.ERROR_KIND_OUTPUT_LIMIT,
-                    f"step wrote more than {limits.log_bytes} bytes of logs",
-                )
 
     def _logs(
-        self, step: StepPlan, item: Frame | bytes, budget: _LogBudget
+        self, step: StepPlan, item: Frame | bytes, stream: _LogStream
     ) -> list[pb.ExecutionEvent]:
-        """The log events of one frame or raw output chunk, within the step's budget."""
+        """The log events of one frame or raw output chunk, within what the step may stream."""
         if isinstance(item, bytes):
             level, text, ms = "info", item, None
-        elif item.type == "log":
-            level, text, ms = str(item.header.get("level")), item.body, item.header.get("ts")
-        elif item.type == "truncated":
-            budget.truncated = True
-            return [self._events.truncation(step, f"{step.limits.log_bytes} bytes")]
-        else:
-            raise StepFailure(
-                pb.ERROR_KIND_CRASHED, f"the runner sent an unexpected {item.type!r} frame"
-            )
-        if budget.admit(len(text)):
+        elif isinstance(item.header, Log):
+            level, text, ms = item.header.level, item.body, item.header.ts
+        elif isinstance(item.header, Truncated):
+            # The runner's own marker: nothing more of the step is streamed, and one marker
+            # reaches the caller however many the step forges.
+            stream.truncated, already = True, stream.truncated
+            return [] if already else [self._events.truncation(step, f"{stream.max_bytes} bytes")]
+        else:  # read_frame lets only a step's frames through; this is a daemon bug
+            raise AssertionError(f"unexpected {item.type!r} frame")
+        if stream.admit(len(text)):
             return [self._events.log(step, level, text.decode(errors="replace"), ms)]
-        if budget.truncated:
+        if stream.truncated:
             return []
-        budget.truncated = True
-        what = (
-            f"{budget.max_lines} lines"
-            if budget.lines > budget.max_lines
-            else f"{budget.max_bytes} bytes"
-        )
-        return [self._events.truncation(step, what)]
+        stream.truncated = True
+        return [self._events.truncation(step, stream.limit_reached())]
 
     async def _next(
-        self, output: _JailOutput, jail: PooledJail, step: StepPlan, deadline: float
+        self, output: JailOutput, jail: PooledJail, deadline: float, late: str
     ) -> Frame | bytes:
-        """The next frame or raw output chunk of the step; StepFailure when the step is over."""
+        """The step's next frame or raw output chunk; StepFailure when the step is over."""
         try:
             async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
                 item = await output.queue.get()
         except TimeoutError:
             jail.kill()
-            limit = step.limits.timeout_ms
-            raise StepFailure(
-                pb.ERROR_KIND_TIMEOUT, f"step {step.name!r} ran past its time limit of {limit} ms"
-            ) from None
-        if item is None:
-            raise await self._died(jail, output, "")
-        if isinstance(item, Exception):
-            raise await self._died(jail, output, f"the runner broke the channel protocol: {item}")
-        if isinstance(item, Frame) and item.header.get("seq") != step.index:
-            raise await self._died(jail, output, f"runner sent a {item.type!r} frame out of order")
+            raise StepFailure(pb.ERROR_KIND_TIMEOUT, late) from None
+        if isinstance(item, EndOfEvents):
+            raise await self._ended(jail, "the step closed or replaced the runner's event pipe")
+        if isinstance(item, ProtocolError | OutputLimit):
+            jail.kill()
+            if self._cancelled:
+                raise StepFailure(pb.ERROR_KIND_CANCELLED, "the execution was cancelled")
+            if isinstance(item, OutputLimit):
+                raise StepFailure(pb.ERROR_KIND_OUTPUT_LIMIT, str(item))
+            raise protocol_violation(str(item))
         return item
 
     async def _send(
-        self, jail: PooledJail, output: _JailOutput, header: dict[str, object], body: bytes
+        self, jail: PooledJail, header: dict[str, object], body: bytes, deadline: float, late: str
     ) -> None:
-        """Send a frame to the runner; a runner that is gone fails the step as it died."""
+        """Send a frame to the runner by `deadline`; a runner that is gone fails the step as it
+        ended, one that does not take its work in time fails it TIMEOUT (`late`)."""
         try:
-            await jail.channel.send(header, body)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise await self._died(jail, output, f"the runner stopped reading ({exc})") from None
+            await jail.channel.send(header, body, deadline - time.monotonic())
+        except TimeoutError:
+            jail.kill()
+            raise StepFailure(pb.ERROR_KIND_TIMEOUT, late) from None
+        except (BrokenPipeError, ConnectionResetError):
+            raise await self._ended(jail, "the step closed the runner's work pipe") from None
 
-    async def _died(self, jail: PooledJail, output: _JailOutput, why: str) -> StepFailure:
-        """Tell, from its exit status and cgroup, why the step ended; kill what is left."""
+    async def _ended(self, jail: PooledJail, cut_by_step: str) -> StepFailure:
+        """Why the runner stopped answering, from what the jail cannot fake: the exit status the
+        kernel gives, the cgroup's counters. A runner that lives on after its channel ended
+        had it cut by the step (`cut_by_step`); it is killed either way."""
         status: int | None = None
-        if not why and not self._cancelled:
-            # The event pipe ended: the runner is most likely exiting by itself, and its own
-            # status says how. Killing it first would replace that status with SIGKILL.
+        if not self._cancelled:
+            # Most likely the runner is exiting by itself, and its own status says how;
+            # killing it first would replace that status with SIGKILL.
             status = await _exit_status(jail, _OWN_EXIT_GRACE_S)
         jail.kill()
         if self._cancelled:
             return StepFailure(pb.ERROR_KIND_CANCELLED, "the execution was cancelled")
-        if status is None:
-            status = await _exit_status(jail, _EXIT_WAIT_S)
         cpu_limit_us = jail.jail.spec.limits.cpu_time_s * 1_000_000
-        return classify_death(status, jail.cgroup, output.tail, why, cpu_limit_us)
+        return classify_death(status, jail.cgroup, cut_by_step, cpu_limit_us)
 
 
 async def _exit_status(jail: PooledJail, timeout_s: float) -> int | None:
@@ -372,27 +345,28 @@ async def _exit_status(jail: PooledJail, timeout_s: float) -> int | None:
     return None
 
 
-async def _result_problem(frame: Frame) -> str:
-    """What is wrong with a result frame, "" when nothing: its header must describe its body."""
-    header, body = frame.header, frame.body
-    encoding, size, kept = header.get("encoding"), header.get("size"), header.get("kept", False)
-    if encoding not in ("json", "binary"):
-        return f"unknown encoding {encoding!r}"
-    if not isinstance(kept, bool) or (kept and body):
-        return "a kept result carries a body"
-    if type(size) is not int or size < 0 or (not kept and size != len(body)):
-        return f"size {size!r} does not describe a body of {len(body)} bytes"
-    if encoding == "json" and not kept and len(body) <= _VALIDATED_JSON_BYTES:
-        try:
-            # A thread hop costs more than parsing a small result; a large one would stall
-            # every other execution's events while it is parsed.
-            if len(body) <= _INLINE_JSON_BYTES:
-                json.loads(body)
-            else:
-                await asyncio.to_thread(json.loads, body)
-        except ValueError as exc:  # UnicodeDecodeError included
-            return f"the body is not JSON: {exc}"
-    return ""
+async def _check_result(jail: PooledJail, header: Result, body: bytes) -> None:
+    """A JSON result must be JSON (read_frame has checked that the header describes the body).
+
+    A thread hop costs more than parsing a small result; a large one would stall every other
+    execution's events while it is parsed. Python's parser bounds the nesting depth.
+    """
+    if header.encoding != "json" or header.kept or len(body) > _VALIDATED_JSON_BYTES:
+        return
+    try:
+        if len(body) <= _INLINE_JSON_BYTES:
+            json.loads(body)
+        else:
+            await asyncio.to_thread(json.loads, body)
+    except RecursionError:
+        raise StepFailure(
+            pb.ERROR_KIND_USER_ERROR,
+            "the step's result is nested too deeply to be checked",
+            recoverable=True,
+        ) from None
+    except ValueError as exc:  # UnicodeDecodeError included
+        jail.kill()
+        raise protocol_violation(f"'result' frame: body is not JSON: {exc}") from None
 
 
 def _cpu_time_us(jail: PooledJail) -> int:
@@ -488,28 +462,29 @@ class Executor:
         execution = Execution(plan, self.pool, steps, self.egress)
         execution.waiting_task = asyncio.current_task()
         self.running[key] = execution
-        outcome = "CANCELLED"  # unless it finishes: the caller went away or cancelled it
+        finished: pb.ExecutionFinished | None = None
+        ending: BaseException | None = None
         moved = len(plan.input)
+        observer = self.telemetry.observe(plan, metadata)
         try:
-            with self.telemetry.observe(plan, metadata) as observer:
-                async with self.admission.admit(plan.tenant_id):
-                    async for event in execution.run():
-                        observer.event(event)
-                        if event.HasField("execution_finished"):
-                            outcome = outcome_name(event.execution_finished)
-                        elif event.HasField("result_chunk") or event.HasField("step_finished"):
-                            moved += event.ByteSize()
-                        yield event
-        except QuotaExceeded:
-            outcome = "QUOTA_EXCEEDED"
-            raise
-        except (AdmissionClosed, PoolClosed, JailError):
-            outcome = "UNAVAILABLE"
+            async with self.admission.admit(plan.tenant_id):
+                async for event in _finishing(execution):
+                    observer.event(event)
+                    if event.HasField("execution_finished"):
+                        finished = event.execution_finished
+                    elif event.HasField("result_chunk") or event.HasField("step_finished"):
+                        moved += event.ByteSize()
+                    yield event
+        except BaseException as exc:  # refused, or the caller went away: recorded, re-raised
+            ending = exc
             raise
         finally:
-            if outcome == "CANCELLED" and deadline is not None and time.monotonic() >= deadline:
-                outcome = "DEADLINE_EXCEEDED"
-            self.outcomes[outcome] += 1
+            past_deadline = deadline is not None and time.monotonic() >= deadline
+            observer.close(ending, past_deadline)
+            if finished is not None:
+                self.outcomes[outcome_name(finished)] += 1
+            else:
+                self.outcomes[ending_outcome(ending, past_deadline)] += 1
             del self.running[key]
             if moved >= _TRIM_AFTER_BYTES:
                 release_memory()
@@ -524,6 +499,29 @@ class Executor:
     def cancel_all(self) -> None:
         for execution in list(self.running.values()):
             execution.cancel()
+
+
+# Refusals: the execution never started, and the RPC ends with their status instead.
+_REFUSALS = (PoolClosed, JailError)
+
+
+async def _finishing(execution: Execution) -> AsyncIterator[pb.ExecutionEvent]:
+    """The execution's events, ending with exactly one ExecutionFinished: an error of the
+    daemon's own is logged with its traceback and becomes INTERNAL."""
+    finished = started = False
+    try:
+        async for event in execution.run():
+            started = True
+            finished = event.HasField("execution_finished")
+            yield event
+    except _REFUSALS:
+        if not started:
+            raise
+        log.exception("execution %s: the daemon failed", execution.plan.execution_id)
+    except Exception:
+        log.exception("execution %s: the daemon failed", execution.plan.execution_id)
+    if not finished:
+        yield execution.internal_error()
 
 
 def release_memory() -> None:

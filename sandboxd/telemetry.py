@@ -14,7 +14,6 @@ propagators) because every part is built by the SDK's environment-aware construc
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -43,12 +42,10 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import __version__
 from sandboxd.egress.records import ConnectionRecord
-from sandboxd.jail.errors import JailError
-from sandboxd.kinds import SUCCEEDED, kind_name, outcome_name
-from sandboxd.pool import PoolClosed
+from sandboxd.kinds import SUCCEEDED, ending_outcome, kind_name, outcome_name
 from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan
-from sandboxd.tenants import Admission, AdmissionClosed, QuotaExceeded, TenantLoad
+from sandboxd.tenants import Admission, TenantLoad
 
 ExporterKind = Literal["none", "console", "otlp"]
 EXPORTERS: tuple[str, ...] = get_args(ExporterKind)
@@ -363,11 +360,12 @@ class ExecutionObserver:
             case _:  # logs: their text is the tenant's, and their count says little
                 pass
 
-    def close(self, error: BaseException | None = None) -> None:
-        """End whatever is still open; without ExecutionFinished the outcome comes from `error`."""
+    def close(self, error: BaseException | None = None, past_deadline: bool = False) -> None:
+        """End whatever is still open; without ExecutionFinished the outcome comes from `error`
+        (and whether the caller's deadline had passed), as the executor counts it."""
         if self._ended:
             return
-        outcome = _outcome_of(error)
+        outcome = ending_outcome(error, past_deadline)
         if self._step is not None:
             self._end_step(outcome, {}, time.time_ns())
         if error is not None:
@@ -443,20 +441,6 @@ class ExecutionObserver:
         instruments.execution_duration.record(
             max(0, at_ns - self._started_ns) / 1e9, {"execution.outcome": outcome}
         )
-
-
-def _outcome_of(error: BaseException | None) -> str:
-    """The ErrorKind name of an execution that ended by `error` instead of ExecutionFinished."""
-    if isinstance(error, QuotaExceeded):
-        kind = pb.ERROR_KIND_QUOTA_EXCEEDED
-    elif isinstance(error, AdmissionClosed | PoolClosed | JailError):
-        kind = pb.ERROR_KIND_UNAVAILABLE
-    elif error is None or isinstance(error, asyncio.CancelledError | GeneratorExit):
-        # No error and no ExecutionFinished: the consumer stopped reading (it went away).
-        kind = pb.ERROR_KIND_CANCELLED
-    else:
-        kind = pb.ERROR_KIND_INTERNAL
-    return kind_name(kind)
 
 
 def _status(outcome: str) -> Status:

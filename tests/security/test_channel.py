@@ -1,20 +1,31 @@
 """Catalogue: the channel between runner and daemon. Every byte from the jail is hostile.
 
-Steps write straight to the runner's event pipe (fd 4) and its work pipe (fd 3), forge frames,
-break the framing, replace the builtins the runner uses, and exit in every way Node offers. The
-daemon must end that execution with a clear error, attribute nothing to another step, and keep
-serving everyone else (checked after the module, and concurrently below).
+Steps write their own frames to the runner's event pipe (fd 4), break the framing, flood it,
+forge error kinds, close the pipes, stop reading their work, and exit in every way Node offers.
+For each class the daemon must end that execution with the exact kind and message, quickly
+(never by running into the step's time limit), send the caller a bounded number of events and
+exactly one ExecutionFinished, and then serve the next execution cleanly (checked after every
+case below, and on the host after the module).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
+import time
+from dataclasses import dataclass
 
 import pytest
 
-from sandbox_client import ErrorKind, Limits, SandboxClient, Step
-from tests.security.conftest import execute, js
+from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
+from tests.security.conftest import Outcome, execute, js
+
+# The steps below wait this long after their attack: an execution that ends sooner was ended by
+# what it sent, not by its time limit (10 s by default).
+WAIT_MS = 60_000
+# "At once": the daemon ends the step within a second of the offending bytes; the machine is
+# shared and loaded, so the tests allow more (the report has the measured figures).
+PROMPT_S = 3.0
+DEFAULT_LOG_BYTES = 1024 * 1024
 
 
 def writing(frames: str) -> str:
@@ -23,7 +34,7 @@ def writing(frames: str) -> str:
         f"""
         module.exports = async () => {{
           fs.writeSync(4, {frames});
-          await sleep(2000);
+          await sleep({WAIT_MS});
           return 'not reached';
         }};
         """
@@ -41,184 +52,456 @@ PREFIX = (
     "((h, b) => { const p = Buffer.alloc(8);"
     " p.writeUInt32BE(h, 0); p.writeUInt32BE(b, 4); return p; })"
 )
+LOG = "{ t: 'log', seq: 0, level: 'info', ts: Date.now() }"
+CLEAN = js(
+    "module.exports = async (ctx) => { console.log('clean', ctx.input.n); return ctx.input; };"
+)
+
+
+@dataclass
+class Timed:
+    outcome: Outcome
+    seconds: float
+
+    @property
+    def event_count(self) -> int:
+        return len(self.outcome.events)
+
+    @property
+    def finished_count(self) -> int:
+        return sum(1 for e in self.outcome.events if e.HasField("execution_finished"))
+
+
+async def run(client: SandboxClient, code: str | list[Step], **kwargs: object) -> Timed:
+    began = time.monotonic()
+    outcome = await execute(client, code, **kwargs)  # type: ignore[arg-type]
+    return Timed(outcome, time.monotonic() - began)
+
+
+async def serves_cleanly(client: SandboxClient) -> None:
+    """The next execution on the daemon runs as if nothing had happened."""
+    clean = await execute(client, CLEAN, input={"n": 7})
+    assert clean.value == {"n": 7}
+    assert [log.text for log in clean.logs] == ["clean 7"]
+
+
+def ended_promptly(timed: Timed, kind: ErrorKind, message: str) -> None:
+    """The exact kind and message, through one ExecutionFinished, long before any time limit."""
+    assert timed.outcome.rpc_error is None
+    assert (timed.outcome.kind, timed.outcome.message) == (kind, message)
+    assert timed.finished_count == 1
+    assert timed.seconds < PROMPT_S, f"took {timed.seconds:.2f} s"
+    print(f"MEASURED {kind.name} {timed.seconds:.3f}s {timed.event_count} events: {message[:90]}")
+
+
+# --- malformed frames: protocol violations --------------------------------------------------------
+
+DEEP_LEVEL = "'{\"t\":\"log\",\"seq\":0,\"level\":' + '['.repeat(100000) + ']'.repeat(100000) + '}'"
+PADDED_LOG = '\'{"t":"log",\' + \' \'.repeat(4000) + \'"seq":0,"level":"info","ts":1}\''
+HUGE_BODY_PREFIX = (
+    f"{PREFIX}(Buffer.byteLength(JSON.stringify({LOG})), 0xffffffff),"
+    f" Buffer.from(JSON.stringify({LOG}))"
+)
 
 
 @pytest.mark.parametrize(
-    ("code", "message"),
+    ("frames", "message"),
     [
+        ("Buffer.from('garbage garbage garbage')", "header of 1734439522 bytes (limit 204160)"),
+        (f"{PREFIX}(0x7fffffff, 0)", "header of 2147483647 bytes (limit 204160)"),
+        (f"{PREFIX}(0, 0)", "header of 0 bytes (limit 204160)"),
+        (f"frame({PADDED_LOG})", "'log' header of 4041 bytes (limit 256)"),
         (
-            writing("Buffer.from('garbage garbage garbage')"),
-            "frame header of 1734439522 bytes (limit 262144)",
-        ),
-        (writing(f"{PREFIX}(0x7fffffff, 0)"), "frame header of 2147483647 bytes (limit 262144)"),
-        (writing(f"{PREFIX}(0, 0)"), "frame header of 0 bytes (limit 262144)"),
-        (writing(f"{PREFIX}(10, 0xffffffff)"), "frame body of 4294967295 bytes (limit 67108864)"),
-        (writing("frame([1, 2])"), "frame header is not an object with a string 't'"),
-        (writing("frame({ t: 5, seq: 0 })"), "frame header is not an object with a string 't'"),
-        (writing("frame('null')"), "frame header is not an object with a string 't'"),
-        (
-            writing("frame('{nope')"),
-            "frame header is not UTF-8 JSON: Expecting property name enclosed in double quotes:"
-            " line 1 column 2 (char 1)",
+            f"frame({LOG}, 'x'.repeat(2 * 1024 * 1024))",
+            "'log' frame: body of 2097152 bytes (limit 1048576)",
         ),
         (
-            writing(
-                "Buffer.concat([(" + PREFIX + ")(4, 0), Buffer.from([0x7b, 0xff, 0xfe, 0x7d])])"
-            ),
-            "frame header is not UTF-8 JSON: 'utf-8' codec can't decode byte 0xff in position 1:"
-            " invalid start byte",
+            f"Buffer.concat([{HUGE_BODY_PREFIX}])",
+            "'log' frame: body of 4294967295 bytes (limit 1048576)",
         ),
-        (exiting("Buffer.from([0, 0])"), "stream ended inside a frame prefix"),
-        (exiting("frame({ t: 'result', seq: 0 }).subarray(0, 12)"), "stream ended inside a frame"),
+        (
+            "frame({ t: 'truncated', seq: 0 }, 'a body where none belongs')",
+            "'truncated' frame: body of 25 bytes (limit 0)",
+        ),
+        (
+            "frame({ t: 'result', seq: 0, encoding: 'json', size: 1, kept: true }, '1')",
+            "'result' frame: body of 1 bytes (limit 0)",
+        ),
+        (
+            "frame({ t: 'result', seq: 0, encoding: 'json', size: 5, kept: false }, '1')",
+            "'result' frame: body of 1 bytes, but the header says size 5",
+        ),
+        (
+            f"frame({DEEP_LEVEL})",
+            "header does not fit the protocol: Expected `str`, got `array` - at `$.level`",
+        ),
+        (
+            "frame({ t: 'log', seq: 0, level: 'info', ts: 1e20 }, 'x')",
+            "header does not fit the protocol: Expected `int` <= 253402300799999 - at `$.ts`",
+        ),
+        (
+            "frame({ t: 'log', seq: 0, level: 'info', ts: -1e15 }, 'x')",
+            "header does not fit the protocol: Expected `int` >= -62135596800000 - at `$.ts`",
+        ),
+        (
+            "frame({ t: 'log', seq: 0, level: 'info', ts: 1, extra: { a: [1] } }, 'x')",
+            "header does not fit the protocol: Object contains unknown field `extra`",
+        ),
+        (
+            "frame({ t: 'result', seq: '0', encoding: 'json', size: 1, kept: false }, '1')",
+            "header does not fit the protocol: Expected `int`, got `str` - at `$.seq`",
+        ),
+        (
+            "frame({ t: 'log', seq: -1, level: 'info', ts: 1 })",
+            "header does not fit the protocol: Expected `int` >= 0 - at `$.seq`",
+        ),
+        ("frame([1, 2])", "header does not fit the protocol: Expected `object`, got `array`"),
+        (
+            "frame({ t: 5, seq: 0 })",
+            "header does not fit the protocol: Expected `str` - at `$.t`",
+        ),
+        ("frame('null')", "header does not fit the protocol: Expected `object`, got `null`"),
+        (
+            "frame({ t: 'exec', seq: 0 })",
+            "header does not fit the protocol: Invalid value 'exec' - at `$.t`",
+        ),
+        (
+            "frame('{nope')",
+            "header is not JSON: JSON is malformed: object keys must be strings (byte 1)",
+        ),
+        (
+            f"Buffer.concat([{PREFIX}(4, 0), Buffer.from([0x7b, 0xff, 0xfe, 0x7d])])",
+            "header is not JSON: JSON is malformed: object keys must be strings (byte 1)",
+        ),
+        (
+            "frame({ t: 'result', seq: 1, encoding: 'json', size: 1, kept: false }, '1')",
+            "'result' frame for step 1 while step 0 runs",
+        ),
+        ("frame({ t: 'ready', node: 'v0' })", "'ready' again, from a runner that was ready"),
     ],
     ids=[
         "garbage",
         "huge-header",
         "empty-header",
-        "huge-body",
+        "padded-log-header",
+        "log-body-over-log-limit",
+        "log-body-of-4-GiB",
+        "body-where-none-belongs",
+        "kept-result-with-body",
+        "result-size-mismatch",
+        "nested-json-header",
+        "ts-after-year-9999",
+        "ts-before-year-1",
+        "unknown-nested-field",
+        "seq-string",
+        "seq-negative",
         "array-header",
         "numeric-type",
         "null-header",
+        "daemon-frame-type",
         "not-json",
         "not-utf8",
-        "cut-prefix",
-        "cut-frame",
+        "next-step",
+        "ready-again",
     ],
 )
-async def test_malformed_frames_end_the_execution_with_a_clear_error(
-    client: SandboxClient, code: str, message: str
+async def test_malformed_frames_are_protocol_violations(
+    client: SandboxClient, frames: str, message: str
 ) -> None:
-    outcome = await execute(client, code)
-    assert outcome.kind is ErrorKind.CRASHED
-    assert outcome.message == f"the runner broke the channel protocol: {message}"
+    timed = await run(client, writing(frames))
+    ended_promptly(timed, ErrorKind.USER_ERROR, f"protocol violation: frame 1: {message}")
+    assert timed.event_count == 4  # started, step started, step failed, finished
+    await serves_cleanly(client)
+
+
+async def test_a_result_that_is_not_json_is_a_protocol_violation(client: SandboxClient) -> None:
+    forged = "frame({ t: 'result', seq: 0, encoding: 'json', size: 8, kept: false }, 'not json')"
+    timed = await run(client, [Step("forge", writing(forged)), Step("next", "module.exports = 2")])
+    message = (
+        "protocol violation: 'result' frame: body is not JSON:"
+        " Expecting value: line 1 column 1 (char 0)"
+    )
+    ended_promptly(timed, ErrorKind.USER_ERROR, message)
+    finished = timed.outcome.finished
+    assert finished is not None and (finished.failed_step, finished.steps_completed) == ("forge", 0)
+    await serves_cleanly(client)
 
 
 @pytest.mark.parametrize(
-    ("forged", "message"),
+    "code",
     [
-        (
-            "{ t: 'result', seq: 1, encoding: 'json', size: 1 }",
-            "runner sent a 'result' frame out of order",
+        writing(
+            "frame({ t: 'result', seq: 0, encoding: 'json', size: 200000, kept: false },"
+            " '['.repeat(100000) + ']'.repeat(100000))"
         ),
-        (
-            "{ t: 'result', seq: '0', encoding: 'json', size: 1 }",
-            "runner sent a 'result' frame out of order",
-        ),
-        ("{ t: 'log', seq: -1, level: 'info' }", "runner sent a 'log' frame out of order"),
-        ("{ t: 'ready', node: 'v0' }", "runner sent a 'ready' frame out of order"),
-        ("{ t: 'bogus', seq: 0 }", "the runner sent an unexpected 'bogus' frame"),
-        ("{ t: 'step', seq: 0, name: 'again' }", "the runner sent an unexpected 'step' frame"),
-        ("{ t: 'exec', seq: 0 }", "the runner sent an unexpected 'exec' frame"),
+        "module.exports = async () => {"
+        " let v = 1; for (let i = 0; i < 3000; i++) v = [v]; return v; };",
     ],
-    ids=["next-step", "seq-string", "seq-negative", "ready", "unknown", "step", "exec"],
+    ids=["forged", "returned"],
 )
-async def test_frames_out_of_order_or_of_unknown_type_are_refused(
-    client: SandboxClient, forged: str, message: str
-) -> None:
-    outcome = await execute(client, writing(f"frame({forged}, '1')"))
-    assert outcome.kind is ErrorKind.CRASHED
-    assert outcome.message == message
+async def test_a_deeply_nested_result_is_user_error(client: SandboxClient, code: str) -> None:
+    timed = await run(client, code)
+    ended_promptly(
+        timed, ErrorKind.USER_ERROR, "the step's result is nested too deeply to be checked"
+    )
+    await serves_cleanly(client)
 
 
-async def test_a_forged_frame_for_the_next_step_is_attributed_to_no_step(
+async def test_a_frame_after_the_steps_result_is_a_protocol_violation(
     client: SandboxClient,
 ) -> None:
-    steps = [
-        Step(
-            "first",
-            writing("frame({ t: 'result', seq: 1, encoding: 'json', size: 7 }, '\"forged\"')"),
-        ),
-        Step("second", "module.exports = async () => 'second ran'"),
-    ]
-    outcome = await execute(client, steps)
-    assert outcome.kind is ErrorKind.CRASHED
-    started = [e.step_started.step for e in outcome.events if e.HasField("step_started")]
-    finished = [e.step_finished.step for e in outcome.events if e.HasField("step_finished")]
-    assert (started, finished) == (["first"], [])
-    assert outcome.finished is not None and outcome.finished.failed_step == "first"
+    late = js(
+        "module.exports = async () => { setTimeout(() => fs.writeSync(4,"
+        " frame({ t: 'log', seq: 0, level: 'info', ts: 1 }, 'late')), 50); return 1; };"
+    )
+    wait = js(f"module.exports = async () => {{ await sleep({WAIT_MS}); }};")
+    timed = await run(client, [Step("first", late), Step("second", wait)])
+    ended_promptly(
+        timed,
+        ErrorKind.USER_ERROR,
+        "protocol violation: frame 2: 'log' frame for step 0 while step 1 runs",
+    )
+    assert timed.outcome.results == [1]
+    await serves_cleanly(client)
+
+
+async def test_a_protocol_violation_ends_a_session(client: SandboxClient) -> None:
+    async with client.session(tenant_id="sec-acme") as session:
+        with pytest.raises(SandboxError) as violated:
+            await session.step("forge", writing("frame({ t: 'bogus', seq: 0 })"))
+        assert violated.value.kind is ErrorKind.USER_ERROR
+        assert violated.value.message == (
+            "protocol violation: frame 1: header does not fit the protocol:"
+            " Invalid value 'bogus' - at `$.t`"
+        )
+        # The runner cannot be trusted after it: the session is over, not just the step.
+        with pytest.raises(SandboxError):
+            await session.step("after", "module.exports = () => 1")
+    await serves_cleanly(client)
+
+
+async def test_frames_split_across_writes_and_interleaved_with_raw_output(
+    client: SandboxClient,
+) -> None:
+    code = js(r"""
+    module.exports = async () => {
+      const line = frame({ t: 'log', seq: 0, level: 'warn', ts: 1000 }, 'forged \u2713 line');
+      for (let i = 0; i < line.length; i++) {
+        fs.writeSync(4, line.subarray(i, i + 1));
+        fs.writeSync(1, `raw${i};`);
+        await sleep(1);
+      }
+      await sleep(200);  // raw output and frames travel apart: let the last raw line arrive
+      return 'ok';
+    };
+    """)
+    timed = await run(client, code)
+    outcome = timed.outcome
+    assert outcome.value == "ok"
+    forged = [log for log in outcome.logs if log.text == "forged \u2713 line"]
+    assert len(forged) == 1
+    assert forged[0].time.ToMilliseconds() == 1000
+    raw = "".join(log.text for log in outcome.logs if log.text != "forged \u2713 line")
+    length = len(raw.split(";")) - 1
+    assert raw == "".join(f"raw{i};" for i in range(length))
+    assert length == 8 + len('{"t":"log","seq":0,"level":"warn","ts":1000}') + len(
+        "forged \u2713 line".encode()
+    )
+    await serves_cleanly(client)
+
+
+# --- budgets: floods end OUTPUT_LIMIT, with at most one truncation event --------------------------
 
 
 @pytest.mark.parametrize(
-    ("forged", "message"),
+    ("frame", "logs"),
     [
-        ("{ t: 'error', seq: 0, kind: 'POLICY_DENIED', message: 'forged' }", "forged"),
-        (
-            "{ t: 'error', seq: 0, kind: 'INTERNAL', name: 'Daemon', message: 'down' }",
-            "Daemon: down",
-        ),
-        ("{ t: 'error', seq: 0, kind: 'NOPE', message: 'm' }", "m"),
-        (
-            "{ t: 'error', seq: 0, kind: 'QUOTA_EXCEEDED', message: { toString: 1 } }",
-            "{'toString': 1}",
-        ),
+        ("frame({ t: 'log', seq: 0, level: 'info', ts: 1 })", 100),
+        ("frame({ t: 'truncated', seq: 0 })", 0),
     ],
-    ids=["policy-denied", "internal", "unknown-kind", "object-message"],
+    ids=["empty-log-lines", "truncation-markers"],
 )
-async def test_a_runner_can_claim_only_its_own_error_kinds(
-    client: SandboxClient, forged: str, message: str
+async def test_a_flood_of_small_frames_is_output_limit(
+    client: SandboxClient, frame: str, logs: int
 ) -> None:
-    outcome = await execute(client, writing(f"frame({forged})"))
-    assert (outcome.kind, outcome.message) == (ErrorKind.USER_ERROR, message)
+    code = js(
+        f"module.exports = async () => {{ const f = {frame}; for (;;) fs.writeSync(4, f); }};"
+    )
+    timed = await run(client, code, limits=Limits(log_lines=100))
+    ended_promptly(timed, ErrorKind.OUTPUT_LIMIT, "step sent more than 216 log lines and frames")
+    outcome = timed.outcome
+    assert [log.truncated for log in outcome.logs] == [False] * logs + [True]
+    assert timed.event_count == 4 + logs + 1
+    await serves_cleanly(client)
+
+
+async def test_a_flood_of_empty_log_lines_at_the_default_limits(client: SandboxClient) -> None:
+    code = js(
+        "module.exports = async () => {"
+        " const f = frame({ t: 'log', seq: 0, level: 'info', ts: 1 });"
+        " for (;;) fs.writeSync(4, f); };"
+    )
+    # A time limit far away: the flood must end by its budget, whatever the machine's load.
+    timed = await run(client, code, limits=Limits(timeout_ms=120_000))
+    outcome = timed.outcome
+    assert (outcome.kind, outcome.message) == (
+        ErrorKind.OUTPUT_LIMIT,
+        "step sent more than 20016 log lines and frames",
+    )
+    # The line limit (10,000) bounds what reaches the caller; then one truncation marker.
+    assert [log.truncated for log in outcome.logs] == [False] * 10_000 + [True]
+    assert timed.event_count == 10_005
+    print(f"MEASURED OUTPUT_LIMIT {timed.seconds:.3f}s {timed.event_count} events: default limits")
+    await serves_cleanly(client)
 
 
 async def test_forged_log_frames_are_bounded_like_real_ones(client: SandboxClient) -> None:
     code = js(r"""
     module.exports = async () => {
-      const header = { t: 'log', seq: 0, level: 'error', ts: 'not a time' };
-      const line = frame(header, 'x'.repeat(16 << 10));
+      const line = frame({ t: 'log', seq: 0, level: 'error', ts: 1 }, 'x'.repeat(16 << 10));
       for (;;) {
         try { fs.writeSync(4, line); } catch (e) { blockFor(1); }
       }
     };
     """)
     limit = 64 * 1024
-    outcome = await execute(client, code, limits=Limits(log_bytes=limit))
-    assert outcome.kind is ErrorKind.OUTPUT_LIMIT
-    assert outcome.message == f"step wrote more than {limit} bytes of logs"
-    lines = [log for log in outcome.logs if not log.truncated]
-    assert sum(len(log.text) for log in lines) <= limit
-    assert [log.truncated for log in outcome.logs].count(True) == 1
+    timed = await run(client, code, limits=Limits(log_bytes=limit))
+    ended_promptly(timed, ErrorKind.OUTPUT_LIMIT, f"step wrote more than {limit} bytes of logs")
+    lines = [log for log in timed.outcome.logs if not log.truncated]
+    assert [len(log.text) for log in lines] == [16 << 10] * 4
+    assert [log.truncated for log in timed.outcome.logs].count(True) == 1
+    await serves_cleanly(client)
 
 
-async def test_a_forged_log_with_odd_fields_is_a_plain_log_line(client: SandboxClient) -> None:
+async def test_raw_output_is_bounded_like_logs(client: SandboxClient) -> None:
     code = js(r"""
     module.exports = async () => {
-      fs.writeSync(4, frame({ t: 'log', seq: 0, level: { a: 1 }, ts: -5 }, 'hello'));
-      fs.writeSync(4, frame({ t: 'truncated', seq: 0 }));
-      return 'ok';
+      const chunk = Buffer.alloc(65536, 120);
+      for (;;) {
+        try { fs.writeSync(1, chunk); } catch (e) { blockFor(1); }
+      }
     };
     """)
-    outcome = await execute(client, code)
-    assert outcome.value == "ok"
-    assert [(log.text, log.truncated) for log in outcome.logs] == [
-        ("hello", False),
-        ("[log truncated: the step's limit of 1048576 bytes was reached]", True),
-    ]
+    limit = 64 * 1024
+    timed = await run(client, code, limits=Limits(log_bytes=limit))
+    ended_promptly(timed, ErrorKind.OUTPUT_LIMIT, f"step wrote more than {limit} bytes of logs")
+    lines = [log for log in timed.outcome.logs if not log.truncated]
+    assert sum(len(log.text) for log in lines) <= limit
+    assert [log.truncated for log in timed.outcome.logs].count(True) == 1
+    await serves_cleanly(client)
+
+
+async def test_a_real_log_flood_is_stopped_by_the_runner(client: SandboxClient) -> None:
+    code = "module.exports = async () => { for (;;) console.log('y'.repeat(1000)); };"
+    limit = 64 * 1024
+    timed = await run(client, code, limits=Limits(log_bytes=limit))
+    ended_promptly(
+        timed, ErrorKind.OUTPUT_LIMIT, f"the step kept logging past its limit of {limit} bytes"
+    )
+    assert sum(len(log.text) for log in timed.outcome.logs if not log.truncated) == limit
+    assert [log.truncated for log in timed.outcome.logs].count(True) == 1
+    await serves_cleanly(client)
+
+
+# --- kinds a step cannot forge --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "forged",
+    ("forged", "message"),
     [
-        "frame({ t: 'result', seq: 0, encoding: 'json', size: 'abc' }, '1')",
-        "frame({ t: 'result', seq: 0, encoding: 'json', size: 1e300 }, '1')",
-        "frame({ t: 'result', seq: 0, encoding: 'json', size: -5 }, '1')",
-        "frame({ t: 'result', seq: 0, encoding: 'json', size: 8 }, 'not json')",
-        "frame({ t: 'result', seq: 0, encoding: 'weird', size: 3 }, 'abc')",
+        (
+            "{ t: 'error', seq: 0, kind: 'POLICY_DENIED', name: '', message: 'x', stack: '' }",
+            "protocol violation: frame 1: header does not fit the protocol:"
+            " Invalid enum value 'POLICY_DENIED' - at `$.kind`",
+        ),
+        (
+            "{ t: 'error', seq: 0, kind: 'INTERNAL', name: '', message: 'x', stack: '' }",
+            "protocol violation: frame 1: header does not fit the protocol:"
+            " Invalid enum value 'INTERNAL' - at `$.kind`",
+        ),
+        (
+            "{ t: 'error', seq: 0, kind: 'USER_ERROR', name: 'E', message: { toString: 1 },"
+            " stack: '' }",
+            "protocol violation: frame 1: header does not fit the protocol:"
+            " Expected `str`, got `object` - at `$.message`",
+        ),
+        (
+            "{ t: 'error', seq: 0, kind: 'USER_ERROR', name: 'Error', message: 'no fds',"
+            " stack: '', code: 'EMFILE' }",
+            "Error: no fds",
+        ),
+        (
+            "{ t: 'error', seq: 0, kind: 'USER_ERROR', name: 'Error', message: 'no space',"
+            " stack: '', code: 'ENOSPC' }",
+            "Error: no space",
+        ),
     ],
-    ids=["size-text", "size-huge", "size-negative", "body-not-json", "unknown-encoding"],
+    ids=["policy-denied", "internal", "object-message", "emfile-without-evidence", "enospc"],
 )
-async def test_forged_results_are_validated(client: SandboxClient, forged: str) -> None:
-    outcome = await execute(
-        client, [Step("forge", writing(forged)), Step("next", "module.exports = () => 2")]
-    )
-    # The execution ends through its events, never through an aborted RPC...
-    assert outcome.rpc_error is None
-    assert outcome.finished is not None
-    # ...and what reaches the caller as a JSON result is JSON, with its true size.
-    for event in outcome.events:
-        if event.HasField("step_finished") and event.step_finished.WhichOneof("result") == "json":
-            json.loads(event.step_finished.json)
-            assert event.step_finished.result_bytes == len(event.step_finished.json)
+async def test_a_runner_can_claim_only_its_own_error_kinds(
+    client: SandboxClient, forged: str, message: str
+) -> None:
+    timed = await run(client, writing(f"frame({forged})"))
+    ended_promptly(timed, ErrorKind.USER_ERROR, message)
+    await serves_cleanly(client)
+
+
+V8_OOM = "FATAL ERROR: Reached heap limit Allocation failed - JavaScript heap out of memory"
+
+
+@pytest.mark.parametrize(
+    ("code", "kind", "message"),
+    [
+        (
+            js(
+                f"module.exports = async () => {{ fs.writeSync(2, '{V8_OOM}\\n');"
+                " process.reallyExit(134); };"
+            ),
+            ErrorKind.USER_ERROR,
+            "the step ended the runner (exit code 134)",
+        ),
+        (
+            "module.exports = async () => { process.exit(0); };",
+            ErrorKind.USER_ERROR,
+            "the step ended the runner (exit code 0)",
+        ),
+        (
+            "module.exports = async () => { process.exitCode = 3; process.exit(); };",
+            ErrorKind.USER_ERROR,
+            "the step ended the runner (exit code 3)",
+        ),
+        (
+            "module.exports = async () => { process.reallyExit(7); };",
+            ErrorKind.USER_ERROR,
+            "the step ended the runner (exit code 7)",
+        ),
+        (
+            exiting("frame({ t: 'result', seq: 0 }).subarray(0, 12)"),
+            ErrorKind.USER_ERROR,
+            "the step ended the runner (exit code 9)",
+        ),
+        (
+            exiting("Buffer.from([0, 0])"),
+            ErrorKind.USER_ERROR,
+            "the step ended the runner (exit code 9)",
+        ),
+        (
+            "module.exports = async () => { process.abort(); };",
+            ErrorKind.CRASHED,
+            "the runner died (killed by SIGSEGV)",
+        ),
+    ],
+    ids=["v8-oom-text", "exit0", "exitCode", "reallyExit", "cut-frame", "cut-prefix", "abort"],
+)
+async def test_ending_the_runner_is_the_steps_own_doing(
+    client: SandboxClient, code: str, kind: ErrorKind, message: str
+) -> None:
+    timed = await run(client, code)
+    ended_promptly(timed, kind, message)
+    await serves_cleanly(client)
+
+
+# --- the pipes themselves -------------------------------------------------------------------------
 
 
 async def test_closing_the_work_pipe_ends_the_execution_with_events(client: SandboxClient) -> None:
@@ -226,54 +509,69 @@ async def test_closing_the_work_pipe_ends_the_execution_with_events(client: Sand
         Step("first", js("module.exports = async () => { fs.closeSync(3); return 1; };")),
         Step("second", "module.exports = async () => 2"),
     ]
-    outcome = await execute(client, steps)
-    assert outcome.rpc_error is None
-    assert outcome.kind is ErrorKind.CRASHED
-    assert outcome.finished is not None and outcome.finished.failed_step == "second"
+    timed = await run(client, steps)
+    assert timed.outcome.rpc_error is None
+    assert timed.finished_count == 1
+    finished = timed.outcome.finished
+    assert finished is not None and finished.failed_step == "second"
+    # Node notices its closed pipe and exits, or lives on without its work: either is the step's.
+    assert timed.outcome.kind is ErrorKind.USER_ERROR
+    assert timed.outcome.message in (
+        "the step closed the runner's work pipe",
+        "the step ended the runner (exit code 70)",
+    )
+    await serves_cleanly(client)
 
 
-async def test_replacing_the_event_pipe_with_dev_null_is_crashed(client: SandboxClient) -> None:
+async def test_replacing_the_event_pipe_is_the_steps_doing(client: SandboxClient) -> None:
     code = js("""
     module.exports = async () => {
       fs.closeSync(4);
       const fd = fs.openSync('/dev/null', 'w');  // takes number 4: the "dup2" of a step
-      return fd;
+      await sleep(60000);
     };
     """)
-    outcome = await execute(client, code)
-    # The daemon sees its event pipe end at the close, and ends the step there.
-    assert outcome.kind is ErrorKind.CRASHED
-    assert outcome.message.startswith("the runner died (")
+    timed = await run(client, code)
+    ended_promptly(
+        timed, ErrorKind.USER_ERROR, "the step closed or replaced the runner's event pipe"
+    )
+    await serves_cleanly(client)
 
 
-async def test_the_exit_status_of_a_runner_that_exits_is_reported(client: SandboxClient) -> None:
-    code = js("""
-    module.exports = async () => {
-      fs.closeSync(4);  // the daemon sees the end of the event pipe now...
-      const until = Date.now() + 300;
-      while (Date.now() < until) {}
-      process.reallyExit(3);  // ...and the runner's own exit a moment later
-    };
-    """)
-    outcome = await execute(client, code)
-    assert (outcome.kind, outcome.message) == (ErrorKind.CRASHED, "the runner died (exit code 3)")
+async def test_a_runner_that_stops_reading_its_work_stalls_only_itself(
+    client: SandboxClient,
+) -> None:
+    # After its result the step blocks the runner's event loop: it reads no more work. The next
+    # step's input (4 MiB) does not fit the work pipe, so the daemon's write cannot finish.
+    blocker = js(
+        "module.exports = async () => { setTimeout(() => blockFor(60000), 10); return 1; };"
+    )
+    normal = "module.exports = async (ctx) => ctx.input.n * 2"
+    async with client.session(tenant_id="sec-acme") as session:
+        assert await session.step("block", blocker) == 1
+        began = time.monotonic()
+        stalled = asyncio.create_task(
+            session.step(
+                "next", normal, {"n": 1, "pad": "z" * (4 << 20)}, limits=Limits(timeout_ms=1000)
+            )
+        )
+        others = await asyncio.gather(
+            *(execute(client, normal, input={"n": n}, tenant=f"sec-tenant-{n}") for n in range(3))
+        )
+        assert [other.value for other in others] == [0, 2, 4]
+        with pytest.raises(SandboxError) as late:
+            await stalled
+        seconds = time.monotonic() - began
+    assert (late.value.kind, late.value.message) == (
+        ErrorKind.TIMEOUT,
+        "step 'next' ran past its time limit of 1000 ms",
+    )
+    assert seconds < 1 + PROMPT_S
+    print(f"MEASURED TIMEOUT {seconds:.3f}s: a runner that stopped reading its work")
+    await serves_cleanly(client)
 
 
-@pytest.mark.parametrize(
-    "code",
-    [
-        "module.exports = async () => { process.exit(0); };",
-        "module.exports = async () => { process.exitCode = 0; process.exit(); };",
-        "module.exports = async () => { process.reallyExit(0); };",
-        "module.exports = async () => { process.abort(); };",
-    ],
-    ids=["exit0", "exitCode", "reallyExit", "abort"],
-)
-async def test_a_runner_that_exits_or_aborts_is_crashed(client: SandboxClient, code: str) -> None:
-    outcome = await execute(client, code)
-    assert outcome.kind is ErrorKind.CRASHED
-    # The exact status is racy today: see test_the_exit_status_of_a_runner_that_exits_is_reported.
-    assert outcome.message.startswith("the runner died (")
+# --- the runner's own behaviour under hostile steps -----------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -376,5 +674,5 @@ async def test_a_protocol_attack_does_not_disturb_a_concurrent_execution(
         execute(client, attack),
         *(execute(client, normal, input={"n": n}, tenant=f"sec-tenant-{n}") for n in range(3)),
     )
-    assert attacked.kind is ErrorKind.CRASHED
+    assert attacked.kind is ErrorKind.USER_ERROR
     assert [other.value for other in others] == [{"n": 0}, {"n": 1}, {"n": 2}]
