@@ -6,22 +6,27 @@ environment, and every test checks the exact frames of docs/channel.md that come
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
 import select
 import shutil
 import signal
+import socket
 import struct
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from sandboxd.jail.net import set_up_jail_network
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNNER = ROOT / "images" / "node" / "runner.js"
@@ -823,3 +828,153 @@ def test_runner_runs_inside_the_built_rootfs(tmp_path: Path) -> None:
         assert runner.wait() == 0
     finally:
         runner.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Egress: what the connector makes of each answer of the proxy
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ScriptedProxy:
+    """Accepts on an egress socket and answers every CONNECT with the same bytes, then closes
+    (with a reset when `reset`); records each request head."""
+
+    listener: socket.socket
+    answer: bytes
+    reset: bool = False
+    heads: list[bytes] = field(default_factory=list)
+
+    def serve(self) -> None:
+        while True:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head and (chunk := connection.recv(4096)):
+                    head += chunk
+                self.heads.append(head)
+                connection.sendall(self.answer)
+                if self.reset:
+                    connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+
+
+@contextlib.contextmanager
+def proxied_runner(answer: bytes, *, reset: bool = False) -> Iterator[tuple[Runner, ScriptedProxy]]:
+    """A runner in a network namespace of its own (unshare), whose egress socket the test serves,
+    made the way the fork server makes a jail's (sandboxd/jail/net.py)."""
+    if os.geteuid() != 0:
+        pytest.skip("a network namespace needs root")
+    runner = Runner(["/usr/bin/unshare", "--net", "--", NODE or "node", str(RUNNER)])
+    own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ready = runner.read()  # by now unshare has made the namespace and executed node
+        assert ready is not None and ready.type == "ready"
+        listener = socket.socket(fileno=set_up_jail_network(runner.pid, own_netns))
+        proxy = ScriptedProxy(listener, answer, reset)
+        serving = threading.Thread(target=proxy.serve, daemon=True)
+        serving.start()
+        runner.send(EXEC)
+        try:
+            yield runner, proxy
+        finally:
+            listener.shutdown(socket.SHUT_RDWR)
+            listener.close()
+            serving.join(TIMEOUT)
+    finally:
+        os.close(own_netns)
+        runner.close()
+
+
+# fetch and http.get of the same URL; each reports its error's code and message.
+BOTH_CLIENTS = """
+const http = require('http');
+module.exports = async () => ({
+  fetch: await fetch('http://partner.test/x').then(
+    async (res) => ['OK', await res.text()], (err) => [err.cause.code, err.cause.message]),
+  http: await new Promise((resolve) => {
+    http.get('http://partner.test/x', (res) => {
+      let text = '';
+      res.on('data', (chunk) => { text += chunk; });
+      res.on('end', () => resolve(['OK', text]));
+    }).on('error', (err) => resolve([err.code, err.message]));
+  }),
+});
+"""
+
+TARGET = "egress to partner.test:80"
+
+
+FAILED = f"{TARGET} failed: the egress proxy"
+
+
+@pytest.mark.parametrize(
+    ("answer", "code", "message"),
+    [
+        (
+            b"HTTP/1.1 200 OK\r\n",
+            "EGRESS_FAILED",
+            f"{FAILED} closed the connection before answering",
+        ),
+        (b"SSH-2.0-OpenSSH\r\n\r\n", "EGRESS_FAILED", f"{FAILED} sent a malformed answer"),
+        (
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+            "EGRESS_FAILED",
+            f"{FAILED} answered 407 Proxy Authentication Required",
+        ),
+        # A 403 is a denial only when the proxy says why.
+        (
+            b"HTTP/1.1 403 Forbidden\r\nContent-Length: 0\r\n\r\n",
+            "EGRESS_FAILED",
+            f"{FAILED} answered 403 Forbidden",
+        ),
+        (
+            b"HTTP/1.1 403 Forbidden\r\nx-sandboxd-egress-denied:  not allowed \r\n\r\n",
+            "EGRESS_DENIED",
+            f"{TARGET} denied by the egress policy: not allowed",
+        ),
+        (
+            b"HTTP/1.1 504 Gateway Timeout\r\nX-Sandboxd-Egress-Error: connect timed out\r\n\r\n",
+            "EGRESS_FAILED",
+            f"{FAILED} answered 504 Gateway Timeout: connect timed out",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 20000,
+            "EGRESS_FAILED",
+            f"{FAILED}'s answer is larger than 16384 bytes",
+        ),
+    ],
+)
+def test_each_answer_of_the_proxy_becomes_a_precise_error(
+    answer: bytes, code: str, message: str
+) -> None:
+    with proxied_runner(answer) as (runner, proxy):
+        result = js(runner.run(0, "egress", BOTH_CLIENTS)[1])
+    assert result == {"fetch": [code, message], "http": [code, message]}
+    connect = b"CONNECT partner.test:80 HTTP/1.1\r\nHost: partner.test:80\r\n\r\n"
+    assert proxy.heads == [connect, connect]
+
+
+def test_a_reset_before_the_answer_is_egress_failed() -> None:
+    with proxied_runner(b"", reset=True) as (runner, _):
+        result = js(runner.run(0, "egress", BOTH_CLIENTS)[1])
+    expected = [
+        "EGRESS_FAILED",
+        f"{TARGET} failed: the connection to the egress proxy failed: ECONNRESET",
+    ]
+    assert result == {"fetch": expected, "http": expected}
+
+
+def test_bytes_right_after_the_answer_belong_to_the_tunnel() -> None:
+    # The proxy's 200 and the partner's response in one write: the response is not lost.
+    response = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\npartner"
+    with proxied_runner(b"HTTP/1.1 200 Connection established\r\n\r\n" + response) as (
+        runner,
+        _,
+    ):
+        result = js(runner.run(0, "egress", BOTH_CLIENTS)[1])
+    assert result == {"fetch": ["OK", "partner"], "http": ["OK", "partner"]}
