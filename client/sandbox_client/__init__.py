@@ -15,16 +15,27 @@ Exceptions (a failed execution or RPC; programming errors such as passing both `
 
     Exception
      └── SandboxError       .kind: ErrorKind, .message, .step, .stack, .execution_id, .retry_after
+
+``QueueClient`` and ``ExecutionInfo`` (distributed mode) need Redis: they are imported on first
+use, and without the ``queue`` extra (``pip install 'sandboxd-client[queue]'``) that first use
+raises ImportError saying so. Everything else needs only grpcio and protobuf.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
 
 from sandbox_client._client import SandboxClient
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import decode_result, result_of
 from sandbox_client._format import format_event
-from sandbox_client._queue import ExecutionInfo, QueueClient
 from sandbox_client._request import Destination, Limits, Step
 from sandbox_client._session import Session
 from sandbox_client._sync import SyncSandboxClient
+
+if TYPE_CHECKING:
+    from sandbox_client._queue import ExecutionInfo, QueueClient
 
 __all__ = [
     "Destination",
@@ -41,3 +52,21 @@ __all__ = [
     "format_event",
     "result_of",
 ]
+
+_NEEDS_REDIS = frozenset({"ExecutionInfo", "QueueClient"})
+
+
+def __getattr__(name: str) -> object:
+    """QueueClient and ExecutionInfo, imported on first use (module __getattr__, PEP 562)."""
+    if name not in _NEEDS_REDIS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        queue = importlib.import_module("sandbox_client._queue")
+    except ModuleNotFoundError as exc:
+        if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+            raise
+        raise ImportError(
+            f"sandbox_client.{name} needs the redis package: pip install 'sandboxd-client[queue]'",
+            name=exc.name,
+        ) from exc
+    return getattr(queue, name)
