@@ -1,4 +1,7 @@
-"""Soak: thousands of mixed executions leave nothing behind and do not grow the daemon."""
+"""Soak: thousands of mixed executions leave nothing behind and do not grow the daemon.
+
+A tenth of the mix are hostile steps that write their own frames to the runner's event pipe.
+"""
 
 from __future__ import annotations
 
@@ -30,25 +33,67 @@ HANGS = Step(
     "hangs", "module.exports = async () => { console.log('hanging'); await new Promise(() => {}); }"
 )
 
+# Steps that write their own frames to the runner's event pipe (fd 4): each one a protocol
+# violation (USER_ERROR) or a flood over its budget (OUTPUT_LIMIT), ended at once.
+_FRAME = """
+const fs = require('fs');
+function frame(header, body) {
+  const head = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header));
+  const rest = Buffer.from(body || '');
+  const prefix = Buffer.alloc(8);
+  prefix.writeUInt32BE(head.length, 0);
+  prefix.writeUInt32BE(rest.length, 4);
+  return Buffer.concat([prefix, head, rest]);
+}
+"""
+VIOLATIONS = [
+    Step("violates", _FRAME + f"module.exports = async () => {{ fs.writeSync(4, {frames}); }};")
+    for frames in (
+        "Buffer.from('garbage garbage garbage')",
+        'frame(\'{"t":"log","seq":0,"level":\''
+        " + '['.repeat(50000) + ']'.repeat(50000) + '}')",
+        "frame({ t: 'log', seq: 0, level: 'info', ts: 1e20 }, 'x')",
+        "frame({ t: 'result', seq: 0, encoding: 'json', size: 8, kept: false }, 'not json')",
+        "frame({ t: 'result', seq: 3, encoding: 'json', size: 1, kept: false }, '1')",
+        "frame({ t: 'log', seq: 0, level: 'info', ts: 1 }, 'x'.repeat(2 << 20))",
+    )
+]
+FLOODS = [
+    Step(
+        "floods",
+        _FRAME
+        + f"module.exports = async () => {{ const f = {frame}; for (;;) fs.writeSync(4, f); }};",
+        Limits(log_lines=50),
+    )
+    for frame in (
+        "frame({ t: 'log', seq: 0, level: 'info', ts: 1 })",
+        "frame({ t: 'truncated', seq: 0 })",
+    )
+]
+
 
 async def one(client: SandboxClient, n: int) -> str:
     """Run the n-th execution of the mix; the outcome as a kind name."""
     kind = n % 20
     try:
-        if kind < 14:
+        if kind < 12:
             assert await client.run(tenant_id=f"t{n % 5}", steps=[NORMAL], input={"n": n}) == {
                 "n": n,
                 "twice": 2 * n,
             }
             return "SUCCEEDED"
-        if kind < 16:
+        if kind < 14:
             await client.run(tenant_id="t1", steps=[THROWS])
-        elif kind < 18:
+        elif kind < 16:
             await client.run(tenant_id="t2", steps=[SPINS])
-        elif kind == 18:
+        elif kind == 16:
             await client.run(tenant_id="t3", steps=[BALLOON], limits=Limits(memory_bytes=96 << 20))
-        else:
+        elif kind == 17:
             return await disconnect(client)
+        elif kind == 18:
+            await client.run(tenant_id="t0", steps=[VIOLATIONS[n // 20 % len(VIOLATIONS)]])
+        else:
+            await client.run(tenant_id="t4", steps=[FLOODS[n // 20 % len(FLOODS)]])
     except SandboxError as error:
         return error.kind.name
     return "UNEXPECTED SUCCESS"
@@ -121,11 +166,12 @@ async def test_soak_leaves_nothing_behind() -> None:
         assert daemon.stop() == 0
     expected = collections.Counter(
         {
-            "SUCCEEDED": 0.70,
-            "USER_ERROR": 0.10,
+            "SUCCEEDED": 0.60,
+            "USER_ERROR": 0.15,
             "TIMEOUT": 0.10,
             "MEMORY_LIMIT": 0.05,
             "CANCELLED": 0.05,
+            "OUTPUT_LIMIT": 0.05,
         }
     )
     assert outcomes == collections.Counter({k: round(v * EXECUTIONS) for k, v in expected.items()})
