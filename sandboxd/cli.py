@@ -98,7 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     health = commands.add_parser(
         "health", parents=[common], help="exit 0 if a daemon's gRPC health service is SERVING"
     )
-    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--target", help="HOST:PORT (default: loopback, the listen port)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
     health.set_defaults(handler=_health)
     return parser
@@ -198,15 +198,17 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    # In a container the daemon listens on 0.0.0.0:PORT (SANDBOXD_LISTEN); the check asks loopback.
+    target = args.target or f"127.0.0.1:{settings.listen.rsplit(':', 1)[1]}"
+    with grpc.insecure_channel(target) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
         except grpc.RpcError as exc:
-            print(f"sandboxd health: {args.target}: {exc.code().name}", file=sys.stderr)
+            print(f"sandboxd health: {target}: {exc.code().name}", file=sys.stderr)
             return 1
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
-    print(f"{args.target}: {status}")
+    print(f"{target}: {status}")
     return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 

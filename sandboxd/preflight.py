@@ -69,6 +69,12 @@ class _Failure:
 
 def run(settings: Settings) -> None:
     """Make cgroups and /proc usable if this is a container, then probe a jail's steps."""
+    if os.getpid() == 1:
+        # The fork server takes a parent of pid 1 for "the daemon died and I was reparented".
+        raise PreflightError(
+            "preflight: the daemon is pid 1 of its container: run it under an init "
+            "(initProcessEnabled: true; docker run --init)"
+        )
     if settings.cgroups != "none":
         _make_cgroups_writable()
     failure = _probe(settings)
