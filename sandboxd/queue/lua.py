@@ -160,7 +160,7 @@ for _, id in ipairs(redis.call('ZRANGE', '$CLAIMS', '-inf', now, 'BYSCORE', 'LIM
   end
 end
 -- Each pass takes an id or drops an id whose record expired; the budget bounds the latter.
-local budget = wanted + 100
+local budget = wanted + 16
 while #taken < wanted and budget > 0 do
   budget = budget - 1
   local tenant, id = pop_next()

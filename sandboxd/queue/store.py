@@ -84,8 +84,12 @@ class NotReplicated(Exception):
 SOCKET_TIMEOUT_S = 10.0
 BLOCK_MS = 2000
 _RETRIES = 3
-# Due delayed executions one TAKE moves to their tenants' lists at most (the rest: next TAKE).
-_PROMOTE_LIMIT = 100
+# What one script call handles at most, so that none runs for long (each item costs Redis about
+# 10-20 us): executions one TAKE returns (ask again for more) or moves from the delayed set to
+# their tenants' lists (the rest: next TAKE), and claims one HOLD renews.
+TAKE_BATCH = 16
+_PROMOTE_LIMIT = 16
+_HOLD_BATCH = 32
 # What a lost or restarting Redis raises (BusyLoadingError, while it loads its data, is a
 # ConnectionError; so is a primary that Sentinel demoted): the callers retry with backoff.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -198,8 +202,10 @@ class QueueStore:
     async def take(
         self, consumer: str, wanted: int, visibility_ms: int
     ) -> tuple[list[Entry], float | None]:
-        """Up to `wanted` executions (taken over first, then new ones round-robin over the
-        tenants), claimed for `visibility_ms`; and seconds until the next delayed one is due."""
+        """Up to `wanted` executions, at most TAKE_BATCH (taken over first, then new ones
+        round-robin over the tenants), claimed for `visibility_ms`; and seconds until the next
+        delayed one is due."""
+        wanted = min(wanted, TAKE_BATCH)
         taken, due_ms = await self._take(args=[consumer, wanted, visibility_ms, _PROMOTE_LIMIT])
         entries = [
             Entry(tenant.decode(), id.decode(), int(delivery)) for tenant, id, delivery in taken
@@ -208,11 +214,15 @@ class QueueStore:
 
     async def hold(self, consumer: str, entries: list[Entry], visibility_ms: int) -> list[Entry]:
         """Renew the claims on `entries`; those taken over (not those this consumer finished)."""
-        args: list[Value] = [consumer, visibility_ms]
-        for entry in entries:
-            args += [entry.execution_id, entry.delivery]
-        states = await self._hold(args=args)
-        return [entry for entry, state in zip(entries, states, strict=True) if state == b"lost"]
+        lost = []
+        for first in range(0, len(entries), _HOLD_BATCH):
+            batch = entries[first : first + _HOLD_BATCH]
+            args: list[Value] = [consumer, visibility_ms]
+            for entry in batch:
+                args += [entry.execution_id, entry.delivery]
+            states = await self._hold(args=args)
+            lost += [entry for entry, state in zip(batch, states, strict=True) if state == b"lost"]
+        return lost
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Block until woken (work was queued) or `timeout_s`; True when woken."""

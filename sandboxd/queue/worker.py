@@ -34,6 +34,7 @@ from sandboxd.queue import keys
 from sandboxd.queue.backoff import Backoff
 from sandboxd.queue.store import (
     REDIS_DOWN,
+    TAKE_BATCH,
     Begun,
     ClaimLost,
     DeadLetter,
@@ -213,7 +214,7 @@ class QueueWorker:
 
     async def _take_once(self) -> None:
         self._slot_freed.clear()  # before looking at capacity: a slot freed later wakes us
-        wanted = self._free()
+        wanted = min(self._free(), TAKE_BATCH)
         if not wanted:
             # Full: a finished execution frees a slot; claims of dead workers wait meanwhile.
             with contextlib.suppress(TimeoutError):

@@ -24,11 +24,12 @@ class FakePool:
 
 
 class FakeRunner:
-    """Runs every plan's first step as "return the input"; never fails."""
+    """Runs every plan's first step as "return the input", or fails it with `fail_kind`."""
 
-    def __init__(self, slots: int, run_s: float = 0.0):
+    def __init__(self, slots: int, run_s: float = 0.0, fail_kind: int | None = None):
         self.pool = FakePool(slots)
         self._run_s = run_s
+        self._fail_kind = fail_kind
         self.cancelled: list[tuple[str, str]] = []
 
     async def run(self, plan: ExecutionPlan) -> AsyncGenerator[pb.ExecutionEvent, None]:
@@ -41,11 +42,18 @@ class FakeRunner:
             yield _event(plan, 1, step_started=pb.StepStarted(step=step, index=0))
             if self._run_s:
                 await asyncio.sleep(self._run_s)
-            finished = pb.StepFinished(step=step, index=0, json=plan.input)
-            yield _event(plan, 2, step_finished=finished)
-            yield _event(plan, 3, execution_finished=pb.ExecutionFinished(
-                status=pb.EXECUTION_STATUS_SUCCEEDED, steps_completed=1
-            ))  # fmt: skip
+            if self._fail_kind is None:
+                finished = pb.StepFinished(step=step, index=0, json=plan.input)
+                yield _event(plan, 2, step_finished=finished)
+                yield _event(plan, 3, execution_finished=pb.ExecutionFinished(
+                    status=pb.EXECUTION_STATUS_SUCCEEDED, steps_completed=1
+                ))  # fmt: skip
+            else:
+                yield _event(plan, 2, execution_finished=pb.ExecutionFinished(
+                    status=pb.EXECUTION_STATUS_FAILED,
+                    error_kind=self._fail_kind,  # type: ignore[arg-type]
+                    error_message=f"attempt {plan.attempt} failed",
+                ))  # fmt: skip
         finally:
             self.pool.leased -= 1
 
