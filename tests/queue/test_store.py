@@ -192,7 +192,9 @@ async def test_tenant_ids_cannot_collide_with_the_queues_keys(
     }
     depth = await store.depth(100)
     assert {t: d.waiting for t, d in depth.tenants.items()} == {t: 2 for t in HOSTILE_TENANTS}
-    taken = await take(store, "w", 100)
+    taken: list[Entry] = []
+    while batch := await take(store, "w", 100):
+        taken += batch
     # One of each tenant per turn, in the order they arrived, twice.
     assert [e.tenant_id for e in taken] == HOSTILE_TENANTS * 2
     assert [e.execution_id for e in taken] == [
