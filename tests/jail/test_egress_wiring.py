@@ -222,6 +222,20 @@ async def run_step(
     return json.loads(frame.body)
 
 
+async def run_proxied(
+    pool: JailPool, servers: Servers, code: str, input: Any = None
+) -> tuple[Any, list[str]]:
+    """Run a step in a fresh jail served by the test's proxy: its result and the CONNECT lines."""
+    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
+        seen = await run_step(jail, code, ca_pem=servers.ca_pem, input=input)
+    return seen, proxy.connects
+
+
+def connect_lines(*ports: int) -> list[str]:
+    """The CONNECT request lines for partner.test at these ports, in order."""
+    return [f"CONNECT {PARTNER}:{port} HTTP/1.1" for port in ports]
+
+
 def expected_seen(method: str, path: str, host: str, body: bytes = b"") -> dict[str, Any]:
     return {
         "method": method,
@@ -249,15 +263,14 @@ async def test_fetch_get_and_post_reach_the_partner_through_connect(
     pool: JailPool, servers: Servers
 ) -> None:
     size = 256 * 1024
-    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
-        seen = await run_step(jail, FETCH_GET_AND_POST, ca_pem=servers.ca_pem, input={"size": size})
+    seen, connects = await run_proxied(pool, servers, FETCH_GET_AND_POST, input={"size": size})
     host = f"{PARTNER}:{HTTPS_PORT}"
     assert seen == {
         "get": [200, expected_seen("GET", "/items?page=2", host)],
         "post": [200, expected_seen("POST", "/upload", host, b"x" * size)],
     }
     # Node's fetch keeps connections alive, but the partner closes each: one tunnel per request.
-    assert proxy.connects == [f"CONNECT {host} HTTP/1.1"] * 2
+    assert connects == connect_lines(HTTPS_PORT, HTTPS_PORT)
 
 
 HTTPS_MODULE = r"""
@@ -294,8 +307,7 @@ module.exports = async () => {
 async def test_https_and_http_modules_reach_the_partner_through_connect(
     pool: JailPool, servers: Servers
 ) -> None:
-    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
-        seen = await run_step(jail, HTTPS_MODULE, ca_pem=servers.ca_pem)
+    seen, connects = await run_proxied(pool, servers, HTTPS_MODULE)
     https_host = f"{PARTNER}:{HTTPS_PORT}"
     assert seen == {
         "post": [200, expected_seen("POST", "/r", https_host, b"y" * 70000)],
@@ -303,11 +315,7 @@ async def test_https_and_http_modules_reach_the_partner_through_connect(
         # The default port is left out of the Host header, as Node always does.
         "plain": [200, expected_seen("GET", "/plain", PARTNER)],
     }
-    assert proxy.connects == [
-        f"CONNECT {https_host} HTTP/1.1",
-        f"CONNECT {https_host} HTTP/1.1",
-        f"CONNECT {PARTNER}:{HTTP_PORT} HTTP/1.1",
-    ]
+    assert connects == connect_lines(HTTPS_PORT, HTTPS_PORT, HTTP_PORT)
 
 
 # --- denials and failures the step can catch -----------------------------------------------------
@@ -335,8 +343,7 @@ module.exports = async () => {
 async def test_a_denied_connect_fails_the_request_with_egress_denied(
     pool: JailPool, servers: Servers
 ) -> None:
-    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
-        seen = await run_step(jail, DENIED, ca_pem=servers.ca_pem)
+    seen, connects = await run_proxied(pool, servers, DENIED)
     message = f"egress to {PARTNER}:{DENIED_PORT} denied by the egress policy: {DENIAL}"
     assert seen == {
         "fetch": {
@@ -346,7 +353,7 @@ async def test_a_denied_connect_fails_the_request_with_egress_denied(
         },
         "https": {"code": "EGRESS_DENIED", "message": message},
     }
-    assert proxy.connects == [f"CONNECT {PARTNER}:{DENIED_PORT} HTTP/1.1"] * 2
+    assert connects == connect_lines(DENIED_PORT, DENIED_PORT)
     assert servers.partner.requests == []
 
 
@@ -366,9 +373,8 @@ module.exports = async () => ({
 async def test_address_literals_are_named_in_connect_as_asked(
     pool: JailPool, servers: Servers
 ) -> None:
-    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
-        seen = await run_step(jail, ADDRESSES, ca_pem=servers.ca_pem)
-    assert proxy.connects == [
+    seen, connects = await run_proxied(pool, servers, ADDRESSES)
+    assert connects == [
         "CONNECT [2001:db8::7]:9999 HTTP/1.1",
         "CONNECT 198.51.100.7:9999 HTTP/1.1",
     ]
@@ -399,10 +405,9 @@ module.exports = async () => {
 
 
 async def test_the_jails_own_loopback_is_reached_directly(pool: JailPool, servers: Servers) -> None:
-    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
-        seen = await run_step(jail, JAIL_LOCAL)
+    seen, connects = await run_proxied(pool, servers, JAIL_LOCAL)
     assert seen == ["local /f", "local /g"]
-    assert proxy.connects == []
+    assert connects == []
 
 
 FAILING = r"""
@@ -423,8 +428,7 @@ module.exports = async () => ({
 async def test_other_refusals_fail_the_request_with_egress_failed(
     pool: JailPool, servers: Servers
 ) -> None:
-    async with pool.lease() as jail, proxy_for(jail, servers):
-        seen = await run_step(jail, FAILING, ca_pem=servers.ca_pem)
+    seen, connects = await run_proxied(pool, servers, FAILING)
     hangup = "failed: the egress proxy closed the connection before answering"
     assert seen == {
         "failing": [
@@ -435,6 +439,7 @@ async def test_other_refusals_fail_the_request_with_egress_failed(
         "hangup": ["EGRESS_FAILED", f"egress to {PARTNER}:{HANGUP_PORT} {hangup}"],
         "httpsHangup": ["EGRESS_FAILED", f"egress to {PARTNER}:{HANGUP_PORT} {hangup}"],
     }
+    assert connects == connect_lines(FAILING_PORT, HANGUP_PORT, HANGUP_PORT)
 
 
 NO_PROXY = r"""
