@@ -23,6 +23,11 @@ node=${NODE:-$(command -v node || true)}
 [[ -n $node ]] || die "node not found: put it on PATH or set NODE"
 node=$(readlink -f "$node")
 [[ -f $node && -x $node ]] || die "$node is not an executable file"
+# Steps' HTTPS verifies with the CA store compiled into node: the image has no /etc/ssl.
+system_ca=$("$node" -p 'const v = process.config.variables;
+  Boolean(v.node_use_openssl_ca || v.openssl_use_def_ca_store)')
+[[ $system_ca == false ]] ||
+    die "$node verifies TLS with the system's CA store, which a jail does not have"
 
 dest_parent=$(dirname "$1")
 mkdir -p "$dest_parent"
