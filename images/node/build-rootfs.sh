@@ -24,8 +24,9 @@ node=${NODE:-$(command -v node || true)}
 node=$(readlink -f "$node")
 [[ -f $node && -x $node ]] || die "$node is not an executable file"
 # Steps' HTTPS verifies with the CA store compiled into node: the image has no /etc/ssl.
-system_ca=$("$node" -p 'const v = process.config.variables;
-  Boolean(v.node_use_openssl_ca || v.openssl_use_def_ca_store)')
+# (configure --openssl-use-def-ca-store leaves this define; --use-openssl-ca at run time is not
+# passed to jails.)
+system_ca=$("$node" -p "process.config.target_defaults.defines.includes('NODE_OPENSSL_CERT_STORE')")
 [[ $system_ca == false ]] ||
     die "$node verifies TLS with the system's CA store, which a jail does not have"
 
