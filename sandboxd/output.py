@@ -33,10 +33,13 @@ from sandboxd.limits import Limits
 _RAW_READ_BYTES = 64 * 1024
 _QUEUE_ITEMS = 256
 # A real runner sends a frame per log line, then one truncation marker, then one result or
-# error; an empty line is a frame too. Past its limits a step is flooding on purpose: logs
-# beyond twice the step's log limit (plus slack for raw output the runner does not count), or
-# twice its line limit.
-_FLOOD_FACTOR = 2
+# error; an empty line is a frame too, and the runner counts bytes, not lines. Lines past the
+# step's line limit are dropped and the step goes on; far past its limits a step is flooding
+# on purpose: logs beyond twice its byte limit (as the runner stops it, plus slack for raw
+# output the runner does not count), or four times its line limit (each frame costs the daemon
+# tens of microseconds: 40,016 at the default limit).
+_BYTES_FACTOR = 2
+_LINES_FACTOR = 4
 _FLOOD_SLACK_BYTES = 64 * 1024
 _FLOOD_SLACK_ITEMS = 16
 # What a real log frame's header takes on average ({"t":"log","seq":N,"level":"...","ts":N}).
@@ -71,11 +74,11 @@ class Budget:
 
     @classmethod
     def of(cls, limits: Limits) -> Budget:
-        items = limits.log_lines * _FLOOD_FACTOR + _FLOOD_SLACK_ITEMS
+        items = limits.log_lines * _LINES_FACTOR + _FLOOD_SLACK_ITEMS
         return cls(
             items=items,
             header_bytes=items * _LOG_HEADER_BYTES + ERROR_HEADER_BYTES,
-            log_bytes=limits.log_bytes * _FLOOD_FACTOR + _FLOOD_SLACK_BYTES,
+            log_bytes=limits.log_bytes * _BYTES_FACTOR + _FLOOD_SLACK_BYTES,
             log_limit=limits.log_bytes,
             result_limit=limits.result_bytes,
         )

@@ -328,7 +328,7 @@ async def test_a_flood_of_small_frames_is_output_limit(
         f"module.exports = async () => {{ const f = {frame}; for (;;) fs.writeSync(4, f); }};"
     )
     timed = await run(client, code, limits=Limits(log_lines=100))
-    ended_promptly(timed, ErrorKind.OUTPUT_LIMIT, "step sent more than 216 log lines and frames")
+    ended_promptly(timed, ErrorKind.OUTPUT_LIMIT, "step sent more than 416 log lines and frames")
     outcome = timed.outcome
     assert [log.truncated for log in outcome.logs] == [False] * logs + [True]
     assert timed.event_count == 4 + logs + 1
@@ -346,7 +346,7 @@ async def test_a_flood_of_empty_log_lines_at_the_default_limits(client: SandboxC
     outcome = timed.outcome
     assert (outcome.kind, outcome.message) == (
         ErrorKind.OUTPUT_LIMIT,
-        "step sent more than 20016 log lines and frames",
+        "step sent more than 40016 log lines and frames",
     )
     # The line limit (10,000) bounds what reaches the caller; then one truncation marker.
     assert [log.truncated for log in outcome.logs] == [False] * 10_000 + [True]
