@@ -10,16 +10,18 @@ import json
 import logging
 import re
 import sys
+import traceback
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from google.protobuf import json_format
 
+from sandbox_client import SandboxError
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import config
 from sandboxd.config import ConfigError, Settings
-from sandboxd.daemon import Daemon
+from sandboxd.daemon import Daemon, ListenError
 from sandboxd.jail.errors import JailError
 from sandboxd.kinds import kind_name
 
@@ -37,13 +39,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             redis_url=getattr(args, "redis", None),
             cgroups=args.cgroups,
             seccomp=False if args.no_seccomp else None,
+            insecure=True if getattr(args, "insecure", False) else None,
         )
         return int(args.handler(args, settings))
-    except (ConfigError, JailError) as exc:
-        print(f"sandboxd: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # every failure is one line, its traceback only with -v
+        if args.verbose:
+            traceback.print_exc()
+        print(f"sandboxd: {_one_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError | JailError) else 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """What went wrong, in one line, without Python's own vocabulary where it can be avoided."""
+    if isinstance(exc, OSError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        return f"{where}{exc.strerror}"
+    text = str(exc).strip().splitlines()
+    named = isinstance(exc, ConfigError | JailError | ListenError | SandboxError)
+    first = text[0] if text else ""
+    return first if named and first else f"{type(exc).__name__}: {first}".rstrip(": ")
 
 
 def configure_logging(verbose: bool) -> None:
@@ -63,7 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(common, argparse.SUPPRESS)
 
     serve = commands.add_parser("serve", parents=[common], help="run the daemon")
-    serve.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:50051)")
+    serve.add_argument("--listen", help="HOST:PORT or unix:PATH (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plaintext on an address that is not loopback (anyone reaching it is trusted)",
+    )
     serve.add_argument("--pool-size", type=int, help="warm jails kept ready")
     serve.add_argument("--redis", help="redis://HOST:PORT/DB: also run executions queued there")
     serve.set_defaults(handler=_serve)
@@ -74,7 +95,10 @@ def _parser() -> argparse.ArgumentParser:
         help="serve the Redis queue (and gRPC, by default on a free port)",
     )
     worker.add_argument("--redis", required=True, help="redis://HOST:PORT/DB")
-    worker.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT for gRPC")
+    worker.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT or unix:PATH for gRPC")
+    worker.add_argument(
+        "--insecure", action="store_true", help="allow plaintext on a non-loopback address"
+    )
     worker.add_argument("--pool-size", type=int, help="warm jails kept ready")
     worker.set_defaults(handler=_serve)
 

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sandboxd.egress import AddressPolicy, EgressPolicy
-from sandboxd.limits import Limits
+from sandboxd.limits import CONTEXT_BYTES, REQUEST_LIMIT_CEILINGS, Limits, minimum_of
+from sandboxd.listen import check_transport
 from sandboxd.telemetry import EXPORTERS
 from sandboxd.tenants import TenantLimits, TenantPolicy
 
@@ -39,6 +40,20 @@ class Settings:
     session_idle_timeout_s: float = 60.0
     max_code_bytes: int = 1024 * 1024
     max_input_bytes: int = 64 * 1024 * 1024
+    # Request limits (each refused as INVALID_REQUEST naming it; ceilings in limits.py).
+    max_request_bytes: int = 4 * 1024 * 1024  # one request message; larger inputs go chunked
+    max_input_depth: int = 256  # arrays/objects nested in an input
+    max_credentials: int = 64
+    max_credential_bytes: int = 64 * 1024  # names and values of all credentials together
+    max_config_vars: int = 256
+    max_config_var_bytes: int = 128 * 1024  # names and values of all config vars together
+    # Transport (docs/security.md "The service boundary"). With a certificate and key the port
+    # speaks TLS; with a client CA too, only clients with a certificate it signed get in (mTLS).
+    # Files are read again when they change, for new connections.
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    tls_client_ca_file: str = ""
+    insecure: bool = False  # allow plaintext on an address that is not loopback
     shutdown_grace_s: float = 30.0
     tenant_max_concurrent: int = 16  # per tenant, on this daemon
     tenant_max_queued: int = 100  # per tenant; beyond it QUOTA_EXCEEDED at once
@@ -102,7 +117,28 @@ class Settings:
             if getattr(self.defaults, item.name) > getattr(self.ceilings, item.name):
                 raise ConfigError(f"default limit {item.name} is above its ceiling")
         self._validate_egress()
+        self._validate_boundary()
         return self
+
+    def _validate_boundary(self) -> None:
+        for name, ceiling in REQUEST_LIMIT_CEILINGS.items():
+            value = getattr(self, name)
+            if not 1 <= value <= ceiling:
+                raise ConfigError(f"{name} must be between 1 and {ceiling}")
+        if self.max_credential_bytes + self.max_config_var_bytes > CONTEXT_BYTES:
+            raise ConfigError(
+                f"max_credential_bytes + max_config_var_bytes must fit the runner's frame header"
+                f" ({CONTEXT_BYTES} bytes)"
+            )
+        for item in fields(Limits):
+            if getattr(self.defaults, item.name) < minimum_of(item.name):
+                raise ConfigError(
+                    f"default limit {item.name} is below its minimum {minimum_of(item.name)}"
+                )
+        try:
+            check_transport(self)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
 
     def _validate_egress(self) -> None:
         try:

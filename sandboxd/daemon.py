@@ -19,19 +19,27 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
-from sandbox_client.v1 import sandbox_pb2, sandbox_pb2_grpc
+from sandbox_client.v1 import sandbox_pb2
 from sandboxd import preflight
 from sandboxd.config import ConfigError, Settings
+from sandboxd.decoding import add_service
 from sandboxd.egress import EgressProxy
 from sandboxd.executions import EgressGateway, Executor
 from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
+from sandboxd.listen import (
+    UNIX_PREFIXES,
+    parse_listen,
+    transport_security,
+    unavailable_reason,
+)
 from sandboxd.pool import JailPool
 from sandboxd.queue.store import QueueDepth
 from sandboxd.queue.worker import QueueOptions, QueueWorker, default_worker_id
 from sandboxd.server import SandboxService
 from sandboxd.telemetry import ExporterKind, Telemetry
 from sandboxd.tenants import Admission
+from sandboxd.tls import CertificateFiles
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +49,8 @@ _HEALTH_INTERVAL_S = 1.0
 _TELEMETRY_FLUSH_S = 5.0
 _FINAL_EVENTS_S = 2.0
 _QUEUE_DEPTH_INTERVAL_S = 5.0  # for cancelled executions to send their last events
+_KEEPALIVE_S = 10
+_KEEPALIVE_TIMEOUT_S = 5
 
 
 def open_cgroups(settings: Settings) -> tuple[cgroups.CgroupDriver | None, str]:
@@ -90,6 +100,14 @@ class Daemon:
         self._cgroups: cgroups.CgroupDriver | None = None
 
     async def start(self) -> None:
+        """Start every part; a start that fails stops what it had started and leaves nothing."""
+        try:
+            await self._start()
+        except BaseException:
+            await self._close_parts()
+            raise
+
+    async def _start(self) -> None:
         settings = self.settings
         preflight.run(settings)  # refuses to start, naming the privilege a jail would lack
         self._cgroups, mode = open_cgroups(settings)
@@ -108,11 +126,20 @@ class Daemon:
             cgroups=self._cgroups,
             on_started=self.telemetry.jail_started,
         )
+        self._egress = _egress_gateway(settings, self.telemetry)
+        self.executor = Executor(self._pool, self.admission, self.telemetry, self._egress)
+        self.service = SandboxService(
+            settings,
+            self.executor,
+            cgroup_mode=mode,
+            transport_security=transport_security(settings),
+        )
+        # The port is bound before any jail starts: a daemon that cannot listen starts none.
+        self._server = self._make_server(self.service)
+        self.port = _bind(self._server, settings)
         await self._pool.start()
         self.telemetry.watch_pool(self._pool)
         self.telemetry.watch_admission(self.admission)
-        self._egress = _egress_gateway(settings, self.telemetry)
-        self.executor = Executor(self._pool, self.admission, self.telemetry, self._egress)
         if settings.redis_url:
             self.queue = QueueWorker(
                 settings.redis_url,
@@ -127,38 +154,24 @@ class Daemon:
                     depth_top_tenants=settings.queue_metrics_top_tenants,
                 ),
             )
+            self.service.queue = self.queue
             await self.queue.start()
             self._queue_depth_task = asyncio.create_task(self._watch_queue_depth(self.queue))
             self.telemetry.watch_queue(lambda: self._queue_depth)
-        transport = "unix" if settings.listen.startswith("unix:") else "insecure"
-        self.service = SandboxService(
-            settings,
-            self.executor,
-            cgroup_mode=mode,
-            transport_security=transport,
-            queue=self.queue,
-        )
-        self._server = self._make_server(self.service)
-        self.port = self._server.add_insecure_port(settings.listen)
-        if not self.port:
-            raise ConfigError(f"cannot listen on {settings.listen}")
         await self._server.start()
         self._health_task = asyncio.create_task(self._watch_health())
         log.info(
-            "sandboxd listening on port %d (cgroups %s, seccomp %s)",
+            "sandboxd listening on %s port %d, %s (cgroups %s, seccomp %s)",
+            settings.listen,
             self.port,
+            self.service.transport_security,
             mode,
             "on" if settings.seccomp else "OFF",
         )
 
     def _make_server(self, service: SandboxService) -> grpc.aio.Server:
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ]
-        )
-        sandbox_pb2_grpc.add_SandboxServiceServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+        server = grpc.aio.server(options=_server_options())
+        add_service(service, server, self.settings.max_request_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -190,27 +203,39 @@ class Daemon:
             await asyncio.sleep(_QUEUE_DEPTH_INTERVAL_S)
 
     async def stop(self, grace: float | None = None) -> None:
-        """Drain: refuse new work, let running executions finish within the grace, then stop.
+        """Drain: stop admitting gRPC work and taking queue entries at once, let running
+        executions of both finish within one grace period, then stop.
 
         Executions still running when the grace is over are cancelled while their streams are
-        still open, so their callers receive StepFailed/ExecutionFinished CANCELLED.
+        still open, so their callers receive StepFailed/ExecutionFinished CANCELLED; the queue
+        hands back the entries it could not finish, for another worker.
         """
         grace = self.settings.shutdown_grace_s if grace is None else grace
-        if self._queue_depth_task is not None:
-            self._queue_depth_task.cancel()
-        if self.queue is not None:
-            await self.queue.stop(grace)  # takes nothing more; hands back what it cannot finish
+        deadline = time.monotonic() + grace
+        if self.service is not None:
+            self.service.draining = True
+        if self.admission is not None:
+            self.admission.close()  # queued requests get UNAVAILABLE now and can go elsewhere
         if self._health_task is not None:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
         await self._health.enter_graceful_shutdown()
-        if self.service is not None:
-            self.service.draining = True
-        if self.admission is not None:
-            self.admission.close()  # queued requests get UNAVAILABLE now and can go elsewhere
+        if self._queue_depth_task is not None:
+            self._queue_depth_task.cancel()
+        # The queue stops taking entries at once, then waits for its own until the deadline.
+        queue_stopped = None if self.queue is None else asyncio.create_task(self.queue.stop(grace))
         if self.executor is not None:
-            await self._drain(self.executor, grace)
+            await _drained(self.executor, deadline)
+        if queue_stopped is not None:
+            await queue_stopped  # what it could not finish is handed back, not cancelled here
+        if self.executor is not None and self.executor.running:
+            log.warning("grace over: cancelling %d executions", len(self.executor.running))
+            self.executor.cancel_all()
+        await self._close_parts()
+
+    async def _close_parts(self) -> None:
+        """Stop the server, then the parts under it in reverse order of their start."""
         if self._server is not None:
             await self._server.stop(_FINAL_EVENTS_S)
         if self._egress is not None:
@@ -226,15 +251,6 @@ class Daemon:
                 async with asyncio.timeout(_TELEMETRY_FLUSH_S):
                     await asyncio.to_thread(self.telemetry.shutdown)
 
-    @staticmethod
-    async def _drain(executor: Executor, grace: float) -> None:
-        deadline = time.monotonic() + grace
-        while executor.running and time.monotonic() < deadline:
-            await asyncio.sleep(0.05)
-        if executor.running:
-            log.warning("grace over: cancelling %d executions", len(executor.running))
-            executor.cancel_all()
-
     async def serve_forever(self) -> None:
         """Run until SIGTERM or SIGINT, then drain and stop."""
         stop = asyncio.Event()
@@ -243,11 +259,70 @@ class Daemon:
             loop.add_signal_handler(sig, stop.set)
         await self.start()
         # One line on stdout that scripts and tests wait for (the port may have been chosen by us).
-        host = self.settings.listen.rsplit(":", 1)[0]
-        print(f"sandboxd: serving on {host}:{self.port}", flush=True)
+        listen = self.settings.listen
+        where = (
+            listen
+            if listen.startswith(UNIX_PREFIXES)
+            else f"{listen.rsplit(':', 1)[0]}:{self.port}"
+        )
+        print(f"sandboxd: serving on {where}", flush=True)
         await stop.wait()
         log.info("shutting down: draining for up to %.0f s", self.settings.shutdown_grace_s)
         await self.stop()
+
+
+class ListenError(Exception):
+    """The daemon cannot listen where the settings say (the port is taken, the path unusable)."""
+
+
+async def _drained(executor: Executor, deadline: float) -> None:
+    """Wait until no execution runs, or until the deadline."""
+    while executor.running and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+
+
+def _server_options() -> list[tuple[str, int]]:
+    return [
+        # The wire's own ceiling; requests are refused below it by max_request_bytes, as
+        # INVALID_REQUEST naming the limit (decoding.py).
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        # One daemon per port: with SO_REUSEPORT a second daemon would share it silently.
+        ("grpc.so_reuseport", 0),
+        # A connection that died without a reset (host gone, cable pulled) is found by pings;
+        # a reset is seen at once. Either way its calls are cancelled and their jails killed.
+        ("grpc.keepalive_time_ms", _KEEPALIVE_S * 1000),
+        ("grpc.keepalive_timeout_ms", _KEEPALIVE_TIMEOUT_S * 1000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        # Clients ping every 30 s during long silent steps (sandbox_client): welcome.
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+def _bind(server: grpc.aio.Server, settings: Settings) -> int:
+    """Bind the listening socket (the server does not accept yet); ListenError if it cannot."""
+    listen = settings.listen
+    address = parse_listen(listen)
+    if transport_security(settings) == "insecure" and not address.loopback:
+        log.warning(
+            "listening on %s WITHOUT TLS (--insecure): anyone who reaches it is trusted", listen
+        )
+    reason = unavailable_reason(address)
+    if reason:
+        raise ListenError(f"cannot listen on {listen}: {reason}")
+    try:
+        if settings.tls_cert_file:
+            files = CertificateFiles(
+                settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file
+            )
+            port = server.add_secure_port(listen, files.credentials())
+        else:
+            port = server.add_insecure_port(listen)
+    except RuntimeError as exc:
+        raise ListenError(f"cannot listen on {listen}: {exc}") from None
+    if not port and not address.unix:
+        raise ListenError(f"cannot listen on {listen}")
+    return int(port)
 
 
 def _egress_gateway(settings: Settings, telemetry: Telemetry) -> EgressGateway:

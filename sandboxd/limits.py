@@ -3,6 +3,8 @@
 A request may set any limit per execution and some per step (timeout, log bytes, result bytes);
 zero means "the default". Anything above the operator's ceiling is refused, never silently
 lowered: a caller who asked for 2 GiB and got 256 MiB would see a surprising MEMORY_LIMIT later.
+Anything below the limit's minimum (`MINIMUMS`: what it takes to start Node and run a trivial
+step) is refused too, before a jail is touched.
 """
 
 from __future__ import annotations
@@ -15,7 +17,19 @@ from sandboxd.jail.spec import JailLimits, MiB
 
 
 class LimitError(ValueError):
-    """A requested limit is above the operator's ceiling."""
+    """A requested limit is above the operator's ceiling or below its minimum."""
+
+
+# Below these a jail cannot start Node, or a step can barely run. Measured here (Node 20, cgroup
+# v1): the runner starts with 8 tasks and 20 descriptors (7 tasks or 16 descriptors: no `ready`);
+# the minimums leave room for libuv's thread pool, a step's own files and Node's heap.
+# Limits not listed: 1.
+MINIMUMS = {
+    "memory_bytes": 64 * MiB,
+    "pids": 16,
+    "open_files": 64,
+    "cpu_time_ms": 1000,  # RLIMIT_CPU counts whole seconds
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +83,11 @@ class Limits:
             maximum = getattr(ceiling, item.name)
             if value > maximum:
                 raise LimitError(f"limit {item.name}={value} is above the ceiling {maximum}")
+            minimum = minimum_of(item.name)
+            if value < minimum:
+                raise LimitError(
+                    f"limit {item.name}={value} is below the minimum {minimum} that can start Node"
+                )
             changes[item.name] = value
         return replace(self, **changes) if changes else self
 
@@ -79,6 +98,29 @@ class Limits:
         if unknown:
             raise ValueError(f"unknown limits: {', '.join(sorted(unknown))}")
         return replace(base or cls(), **{key: int(value) for key, value in data.items()})
+
+
+# Hard ceilings of the request limits in Settings (max_request_bytes, ...): what the daemon's own
+# parsers and the runner's frames can take.
+REQUEST_LIMIT_CEILINGS = {
+    "max_steps": 1024,
+    "max_code_bytes": 16 * MiB,
+    "max_input_bytes": 1024 * MiB,
+    "max_request_bytes": 64 * MiB,  # gRPC's own message limit (daemon.py) is above it
+    "max_input_depth": 512,  # Python's recursive parser (~1000 frames) must take it
+    "max_credentials": 1024,
+    "max_credential_bytes": 192 * 1024,
+    "max_config_vars": 4096,
+    "max_config_var_bytes": 192 * 1024,
+}
+# Credentials and config vars travel in the runner's `exec` frame header, which both sides cap at
+# 256 KiB (docs/channel.md); the rest of that header is a few hundred bytes.
+CONTEXT_BYTES = 255 * 1024
+
+
+def minimum_of(name: str) -> int:
+    """The smallest value limit `name` may have."""
+    return MINIMUMS.get(name, 1)
 
 
 # Per step, only these can differ from the execution: the jail's kernel limits are shared by

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd import strictjson
 from sandboxd.egress.policy import (
     DEFAULT_PORTS,
     EgressDestination,
@@ -18,7 +19,7 @@ from sandboxd.egress.policy import (
     EgressPolicyError,
     narrow,
 )
-from sandboxd.limits import LimitError, Limits, step_override
+from sandboxd.limits import CONTEXT_BYTES, LimitError, Limits, step_override
 
 if TYPE_CHECKING:  # config imports this module's neighbours; only the type is needed here
     from sandboxd.config import Settings
@@ -65,19 +66,77 @@ class ExecutionPlan:
 
 def plan_execution(request: pb.ExecuteRequest, settings: Settings) -> ExecutionPlan:
     """The plan for `request`, or InvalidRequest naming the first problem found."""
+    plan = _unchecked_plan(request, settings, request.input)
+    _checked_json(plan.input, settings, "input")
+    return plan
+
+
+async def plan_execution_async(
+    request: pb.ExecuteRequest, settings: Settings, raw_input: bytes | None = None
+) -> ExecutionPlan:
+    """`plan_execution` for the event loop: a large input's JSON is checked in a child process.
+    `raw_input` is the input when it came in chunks (the request's own input is then empty)."""
+    plan = _unchecked_plan(request, settings, request.input if raw_input is None else raw_input)
+    await _checked_json_async(plan.input, settings, "input")
+    return plan
+
+
+def _unchecked_plan(
+    request: pb.ExecuteRequest, settings: Settings, raw_input: bytes
+) -> ExecutionPlan:
+    """The plan with everything checked but its input's JSON."""
     tenant_id, execution_id, limits = _identity_and_limits(request, settings)
     steps = _plan_steps(request.steps, limits, settings)
     returned = _returned_steps(request, steps)
+    config_vars, credentials = _checked_context(request, settings, "")
     return ExecutionPlan(
         execution_id=execution_id or _new_execution_id(),
         tenant_id=tenant_id,
         steps=tuple(replace(step, return_result=step.name in returned) for step in steps),
-        input=_checked_input(request.input, settings.max_input_bytes, "input"),
+        input=_sized_input(raw_input, settings.max_input_bytes, "input"),
         limits=limits,
-        config_vars=dict(request.config_vars),
-        credentials=dict(request.credentials),
+        config_vars=config_vars,
+        credentials=credentials,
         egress=_egress_policy(request.egress, tenant_id, settings, "egress"),
     )
+
+
+def _checked_context(
+    request: pb.ExecuteRequest | pb.SessionOpen, settings: Settings, prefix: str
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Config vars and credentials within their limits and the runner's frame header."""
+    config_vars = dict(request.config_vars)
+    credentials = dict(request.credentials)
+    _check_mapping(config_vars, prefix + "config_vars", settings, "max_config_var")
+    _check_mapping(credentials, prefix + "credentials", settings, "max_credential")
+    # As the daemon encodes them in the `exec` frame (JSON escapes can grow a value 6 times).
+    encoded = json.dumps(
+        {"configVars": config_vars, "credentials": credentials},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    ).encode()
+    if len(encoded) > CONTEXT_BYTES:
+        raise InvalidRequest(
+            f"config_vars and credentials take {len(encoded)} bytes encoded for the runner;"
+            f" at most {CONTEXT_BYTES} fit its frame header",
+            prefix + "config_vars",
+        )
+    return config_vars, credentials
+
+
+def _check_mapping(values: dict[str, str], field: str, settings: Settings, limit: str) -> None:
+    """`values` within the settings `<limit>s` (how many) and `<limit>_bytes` (names and values
+    together, UTF-8)."""
+    max_count, max_bytes = getattr(settings, f"{limit}s"), getattr(settings, f"{limit}_bytes")
+    if len(values) > max_count:
+        raise InvalidRequest(
+            f"{len(values)} {field}; at most {max_count} are allowed ({limit}s)", field
+        )
+    size = sum(len(key.encode()) + len(value.encode()) for key, value in values.items())
+    if size > max_bytes:
+        raise InvalidRequest(
+            f"{field} take {size} bytes; at most {max_bytes} are allowed ({limit}_bytes)", field
+        )
 
 
 def _identity_and_limits(
@@ -150,14 +209,15 @@ def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
             f"max_steps {max_steps} is above {settings.max_session_steps}", "open.max_steps"
         )
     idle_ms = request.idle_timeout_ms
+    config_vars, credentials = _checked_context(request, settings, "open.")
     return ExecutionPlan(
         execution_id=execution_id or _new_execution_id(),
         tenant_id=tenant_id,
         steps=(),
         input=b"null",
         limits=limits,
-        config_vars=dict(request.config_vars),
-        credentials=dict(request.credentials),
+        config_vars=config_vars,
+        credentials=credentials,
         egress=_egress_policy(request.egress, tenant_id, settings, "open.egress"),
         session=True,
         idle_timeout_s=idle_ms / 1000 if idle_ms else settings.session_idle_timeout_s,
@@ -165,18 +225,16 @@ def plan_session(request: pb.SessionOpen, settings: Settings) -> ExecutionPlan:
     )
 
 
-def plan_session_step(
+async def plan_session_step(
     request: pb.SessionStep, index: int, plan: ExecutionPlan, settings: Settings, raw_input: bytes
 ) -> StepPlan:
     """One step of a session, checked like an Execute step; its input is already assembled."""
     if index >= plan.max_steps:
         raise InvalidRequest(f"the session reached its limit of {plan.max_steps} steps", "step")
     step = _checked_step(index, request, plan.limits, settings, field="step")
-    return replace(
-        step,
-        input=_checked_input(raw_input, settings.max_input_bytes, "step.input"),
-        return_result=not request.keep_result,
-    )
+    step_input = _sized_input(raw_input, settings.max_input_bytes, "step.input")
+    await _checked_json_async(step_input, settings, "step.input")
+    return replace(step, input=step_input, return_result=not request.keep_result)
 
 
 def _checked_id(what: str, value: str, pattern: re.Pattern[str], *, required: bool) -> str:
@@ -196,7 +254,7 @@ def _plan_steps(
         raise InvalidRequest("an execution needs at least one step", "steps")
     if len(steps) > settings.max_steps:
         raise InvalidRequest(
-            f"{len(steps)} steps; at most {settings.max_steps} are allowed", "steps"
+            f"{len(steps)} steps; at most {settings.max_steps} are allowed (max_steps)", "steps"
         )
     seen: set[str] = set()
     plans = []
@@ -224,7 +282,8 @@ def _checked_step(
         raise InvalidRequest(f"step {step.name!r}: code is empty", f"{field}.code")
     if len(step.code.encode()) > settings.max_code_bytes:
         raise InvalidRequest(
-            f"step {step.name!r}: code over {settings.max_code_bytes} bytes", f"{field}.code"
+            f"step {step.name!r}: code over {settings.max_code_bytes} bytes (max_code_bytes)",
+            f"{field}.code",
         )
     try:
         step_limits = step_override(limits, step.limits, settings.ceilings)
@@ -243,6 +302,8 @@ class ChunkedInput:
         self._max_bytes = max_bytes
         self._field = field
         self._parts: list[bytes] = []
+        # Hashed piece by piece as they come (~2 ms per MiB), not in one go at the end.
+        self._hash = hashlib.sha256()
         self._size = 0
         self._total = -1
         self._digest = b""
@@ -262,12 +323,15 @@ class ChunkedInput:
         if self._size > self._total:
             raise self._invalid(f"the input is longer than its declared {self._total} bytes")
         self._parts.append(chunk.data)
+        if self._digest:
+            self._hash.update(chunk.data)
         if chunk.last:
             self._finish()
         return self._complete
 
     def value(self) -> bytes:
-        """The whole input; InvalidRequest when the piece marked last never came."""
+        """The whole input; InvalidRequest when the piece marked last never came. (Joining
+        megabytes releases the GIL: call it in a thread for a large input.)"""
         if not self._complete:
             raise self._invalid("the input ended without a chunk marked last")
         return b"".join(self._parts)
@@ -289,7 +353,7 @@ class ChunkedInput:
             raise self._invalid(
                 f"the input ended after {self._size} of its declared {self._total} bytes"
             )
-        if self._digest and hashlib.sha256(b"".join(self._parts)).digest() != self._digest:
+        if self._digest and self._hash.digest() != self._digest:
             raise self._invalid("the input does not match its sha256")
         self._complete = True
 
@@ -297,23 +361,26 @@ class ChunkedInput:
         return InvalidRequest(message, self._field)
 
 
-def _reject_constant(name: str) -> object:
-    raise ValueError(f"{name} is not JSON")
-
-
-def _checked_input(raw: bytes, max_bytes: int, field: str) -> bytes:
-    """`raw` if it is JSON the runner parses the same way: UTF-8 (no other encoding, no byte
-    order mark) and RFC 8259 (no NaN or Infinity); "null" when empty."""
+def _sized_input(raw: bytes, max_bytes: int, field: str) -> bytes:
+    """`raw` within the input limit; "null" when empty."""
     if len(raw) > max_bytes:
         raise InvalidRequest(
-            f"input of {len(raw)} bytes is over the limit of {max_bytes} bytes", field
+            f"input of {len(raw)} bytes is over the limit of {max_bytes} bytes (max_input_bytes)",
+            field,
         )
-    if not raw:
-        return b"null"
+    return raw or b"null"
+
+
+def _checked_json(raw: bytes, settings: Settings, field: str) -> None:
+    """InvalidRequest unless `raw` is JSON exactly as the runner parses it (strictjson)."""
     try:
-        json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"input is not valid UTF-8 JSON: {exc}", field) from None
-    except RecursionError:
-        raise InvalidRequest("input is nested too deeply", field) from None
-    return raw
+        strictjson.check(raw, settings.max_input_depth)
+    except strictjson.InvalidJson as exc:
+        raise InvalidRequest(f"input is not valid JSON: {exc}", field) from None
+
+
+async def _checked_json_async(raw: bytes, settings: Settings, field: str) -> None:
+    try:
+        await strictjson.check_async(raw, settings.max_input_depth)
+    except strictjson.InvalidJson as exc:
+        raise InvalidRequest(f"input is not valid JSON: {exc}", field) from None

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 import grpc
 import psutil
+from google.protobuf.message import Message
 
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandbox_client.v1 import sandbox_pb2_grpc as pb_grpc
 from sandboxd import __version__
 from sandboxd.config import Settings
+from sandboxd.decoding import Undecodable
 from sandboxd.executions import ExecutionAlreadyRunning, Executor
 from sandboxd.jail.errors import JailError
 from sandboxd.kinds import kind_name
@@ -24,7 +28,7 @@ from sandboxd.requests import (
     ExecutionPlan,
     InvalidRequest,
     StepPlan,
-    plan_execution,
+    plan_execution_async,
     plan_session,
     plan_session_step,
 )
@@ -49,30 +53,41 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
         self._settings = settings
         self._executor = executor
         self._cgroup_mode = cgroup_mode
-        self._transport_security = transport_security
-        self._queue = queue
+        self.transport_security = transport_security
+        self.queue = queue  # set once the daemon has started it
         self._started_at = time.monotonic()
         self.draining = False
 
     async def Execute(
-        self, request: pb.ExecuteRequest, context: grpc.aio.ServicerContext
+        self, request: pb.ExecuteRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteResponse]:
-        async for event in self._execute(context, lambda: _planned(request, self._settings)):
+        async def plan() -> tuple[ExecutionPlan, None]:
+            return await plan_execution_async(_decoded(request), self._settings), None
+
+        async for event in self._execute(context, plan):
             yield pb.ExecuteResponse(event=event)
 
     async def ExecuteChunked(
-        self, parts: AsyncIterator[pb.ExecuteChunkedRequest], context: grpc.aio.ServicerContext
+        self,
+        parts: AsyncIterator[pb.ExecuteChunkedRequest | Undecodable],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ExecuteChunkedResponse]:
         async def plan() -> tuple[ExecutionPlan, None]:
-            request = await _uploaded_request(parts, self._settings.max_input_bytes, context)
-            return plan_execution(request, self._settings), None
+            request, raw_input = await _uploaded_request(
+                _decoded_parts(parts), self._settings.max_input_bytes, context
+            )
+            return await plan_execution_async(request, self._settings, raw_input), None
 
         async for event in self._execute(context, plan):
             yield pb.ExecuteChunkedResponse(event=event)
 
     async def Session(
-        self, parts: AsyncIterator[pb.SessionRequest], context: grpc.aio.ServicerContext
+        self,
+        requests: AsyncIterator[pb.SessionRequest | Undecodable],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.SessionResponse]:
+        parts = _decoded_parts(requests)
+
         async def plan() -> tuple[ExecutionPlan, AsyncIterator[StepPlan]]:
             first = await anext(parts, None)
             if first is None or not first.HasField("open"):
@@ -129,23 +144,24 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
             await refuse(context, _unavailable("could not start a jail"))
 
     async def Cancel(
-        self, request: pb.CancelRequest, context: grpc.aio.ServicerContext
+        self, message: pb.CancelRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
-        if not request.tenant_id or not request.execution_id:
-            await refuse(
-                context,
-                _invalid(InvalidRequest("Cancel names a tenant_id and an execution_id")),
-            )
+        try:
+            request = _decoded(message)
+            if not request.tenant_id or not request.execution_id:
+                raise InvalidRequest("Cancel names a tenant_id and an execution_id")
+        except InvalidRequest as exc:
+            await refuse(context, _invalid(exc))
         found = self._executor.cancel(request.tenant_id, request.execution_id)
         return pb.CancelResponse(found=found)
 
     async def GetStatus(
-        self, request: pb.GetStatusRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetStatusRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> pb.GetStatusResponse:
         return self.status()
 
     def _queue_status(self) -> pb.QueueStatus | None:
-        return None if self._queue is None else _queue_status_of(self._queue)
+        return None if self.queue is None else _queue_status_of(self.queue)
 
     @property
     def serving(self) -> bool:
@@ -183,7 +199,7 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
             memory_available_bytes=memory.available,
             daemon_rss_bytes=psutil.Process().memory_info().rss,
             queue=self._queue_status(),
-            transport_security=self._transport_security,
+            transport_security=self.transport_security,
         )
 
 
@@ -203,18 +219,27 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes
     return tuple(context.invocation_metadata() or ())
 
 
-async def _planned(
-    request: pb.ExecuteRequest, settings: Settings
-) -> tuple[ExecutionPlan, AsyncIterator[StepPlan] | None]:
-    return plan_execution(request, settings), None
+_M = TypeVar("_M", bound=Message)
+
+
+def _decoded(message: _M | Undecodable) -> _M:
+    if isinstance(message, Undecodable):
+        raise InvalidRequest(message.reason)
+    return message
+
+
+async def _decoded_parts(parts: AsyncIterator[_M | Undecodable]) -> AsyncIterator[_M]:
+    """The messages of a request stream; InvalidRequest at the first that could not be decoded."""
+    async for part in parts:
+        yield _decoded(part)
 
 
 async def _uploaded_request(
     parts: AsyncIterator[pb.ExecuteChunkedRequest],
     max_input_bytes: int,
     context: grpc.aio.ServicerContext,
-) -> pb.ExecuteRequest:
-    """The request of an ExecuteChunked call with its input put back together.
+) -> tuple[pb.ExecuteRequest, bytes]:
+    """The request of an ExecuteChunked call and its input, put back together.
 
     The daemon sends its initial metadata once the first chunk's declared length is accepted:
     a client waits for it before streaming the rest, so a refused upload ends before megabytes
@@ -226,10 +251,10 @@ async def _uploaded_request(
     request = first.request
     if request.input:
         raise InvalidRequest("with ExecuteChunked the input travels in input chunks", "input")
-    request.input = await _chunked_input(
+    raw_input = await _chunked_input(
         parts, max_input_bytes, "input_chunk", accepted=lambda: context.send_initial_metadata(())
     )
-    return request
+    return request, raw_input
 
 
 async def _session_steps(
@@ -250,7 +275,7 @@ async def _session_steps(
                     "a step with input_chunked sends its input in chunks only", "step.input"
                 )
             raw_input = await _chunked_input(parts, settings.max_input_bytes, "input_chunk")
-        yield plan_session_step(step, index, plan, settings, raw_input)
+        yield await plan_session_step(step, index, plan, settings, raw_input)
         index += 1
 
 
@@ -271,8 +296,9 @@ async def _chunked_input(
             await accepted()
             accepted = None
         if complete:
-            return upload.value()
-    return upload.value()
+            break
+    # Joining megabytes releases the GIL: in a thread, the event loop goes on meanwhile.
+    return await asyncio.to_thread(upload.value)
 
 
 def _invalid(exc: InvalidRequest) -> Refusal:
