@@ -97,5 +97,5 @@ def unavailable_reason(address: ListenAddress) -> str:
         # As gRPC binds: SO_REUSEADDR, no SO_REUSEPORT, so a port in use is refused.
         socket.create_server((address.host, address.port), family=family).close()
     except OSError as exc:
-        return exc.strerror or str(exc)
+        return os.strerror(exc.errno) if exc.errno else str(exc)
     return ""

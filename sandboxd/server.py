@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # A draining daemon or one that cannot start jails: another daemon may take the request now.
 _UNAVAILABLE_RETRY_S = 1.0
+# A client half-closes its ExecuteChunked stream right after the last chunk.
+_UPLOAD_END_S = 10.0
 
 
 class SandboxService(pb_grpc.SandboxServiceServicer):
@@ -62,7 +64,7 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
         self, request: pb.ExecuteRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ExecuteResponse]:
         async def plan() -> tuple[ExecutionPlan, None]:
-            return await plan_execution_async(_decoded(request), self._settings), None
+            return await plan_execution_async(await _decoded(request), self._settings), None
 
         async for event in self._execute(context, plan):
             yield pb.ExecuteResponse(event=event)
@@ -147,7 +149,7 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
         self, message: pb.CancelRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> pb.CancelResponse:
         try:
-            request = _decoded(message)
+            request = await _decoded(message)
             if not request.tenant_id or not request.execution_id:
                 raise InvalidRequest("Cancel names a tenant_id and an execution_id")
         except InvalidRequest as exc:
@@ -222,8 +224,9 @@ def _metadata(context: grpc.aio.ServicerContext) -> tuple[tuple[str, str | bytes
 _M = TypeVar("_M", bound=Message)
 
 
-def _decoded(message: _M | Undecodable) -> _M:
+async def _decoded(message: _M | Undecodable) -> _M:
     if isinstance(message, Undecodable):
+        await message.release()
         raise InvalidRequest(message.reason)
     return message
 
@@ -231,7 +234,7 @@ def _decoded(message: _M | Undecodable) -> _M:
 async def _decoded_parts(parts: AsyncIterator[_M | Undecodable]) -> AsyncIterator[_M]:
     """The messages of a request stream; InvalidRequest at the first that could not be decoded."""
     async for part in parts:
-        yield _decoded(part)
+        yield await _decoded(part)
 
 
 async def _uploaded_request(
@@ -254,6 +257,18 @@ async def _uploaded_request(
     raw_input = await _chunked_input(
         parts, max_input_bytes, "input_chunk", accepted=lambda: context.send_initial_metadata(())
     )
+    # Nothing may follow the last chunk: the caller half-closes (an extra chunk is refused).
+    try:
+        async with asyncio.timeout(_UPLOAD_END_S):
+            extra = await anext(parts, None)
+    except TimeoutError:
+        raise InvalidRequest(
+            f"the upload did not end within {_UPLOAD_END_S:.0f} s after the chunk marked last",
+            "input_chunk",
+        ) from None
+    if extra is not None:
+        what = "an input chunk" if extra.HasField("input_chunk") else "a message"
+        raise InvalidRequest(f"{what} came after the chunk marked last", "input_chunk")
     return request, raw_input
 
 
