@@ -22,7 +22,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.channel import Frame
@@ -446,12 +446,12 @@ class Executor:
         plan: ExecutionPlan,
         steps: AsyncIterator[StepPlan] | None = None,
         metadata: Sequence[tuple[str, str | bytes]] = (),
-        deadline: float | None = None,
+        deadline_passed: Callable[[], bool] = lambda: False,
     ) -> AsyncGenerator[pb.ExecutionEvent, None]:
         """The events of `plan` run in a fresh jail.
 
-        `deadline` is the caller's own (time.monotonic()); an execution it cuts short is counted
-        DEADLINE_EXCEEDED, one the caller abandons before it CANCELLED.
+        `deadline_passed` tells whether the caller's own deadline has passed: an execution it
+        cuts short is counted DEADLINE_EXCEEDED, one the caller abandons before it CANCELLED.
 
         Raises ExecutionAlreadyRunning for a duplicate id, QuotaExceeded / AdmissionClosed when
         admission refuses, CancelledError when cancelled before the execution started.
@@ -479,7 +479,7 @@ class Executor:
             ending = exc
             raise
         finally:
-            past_deadline = deadline is not None and time.monotonic() >= deadline
+            past_deadline = deadline_passed()
             observer.close(ending, past_deadline)
             if finished is not None:
                 self.outcomes[outcome_name(finished)] += 1

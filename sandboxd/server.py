@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -116,9 +117,9 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
             await refuse(context, _unavailable("the daemon is draining"))
             return
         try:
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-            events = self._executor.run(planned, steps, _metadata(context), deadline)
+            events = self._executor.run(
+                planned, steps, _metadata(context), functools.partial(_deadline_passed, context)
+            )
             async for event in events:
                 yield event
         except QuotaExceeded as exc:
@@ -314,6 +315,12 @@ async def _chunked_input(
             break
     # Joining megabytes releases the GIL: in a thread, the event loop goes on meanwhile.
     return await asyncio.to_thread(upload.value)
+
+
+def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
+    """Whether the caller's deadline is over (gRPC cancels the call at that moment)."""
+    remaining = context.time_remaining()
+    return remaining is not None and remaining <= 0
 
 
 def _invalid(exc: InvalidRequest) -> Refusal:
