@@ -30,27 +30,22 @@ import ahocorasick_rs
 MARKER = "[REDACTED]"
 # Shorter values would redact ordinary words; such a credential is not a secret worth the name.
 MIN_SECRET_LENGTH = 4
-# Forms up to this many characters in all are built at once (well under a millisecond).
-_INLINE_BUILD_CHARS = 16 * 1024
+# Credentials up to this many characters in all are prepared at once (well under a millisecond).
+_INLINE_SECRET_CHARS = 512
 _builder: ThreadPoolExecutor | None = None
 
 
 class Redactor:
     def __init__(self, secrets: Iterable[str]):
-        forms = sorted(
-            {
-                form
-                for secret in secrets
-                if len(secret) >= MIN_SECRET_LENGTH
-                for form in _forms(secret)
-            }
-        )
+        kept = [secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH]
         self._matcher: ahocorasick_rs.AhoCorasick | None = None
-        self._building: Future[ahocorasick_rs.AhoCorasick] | None = None
-        if sum(map(len, forms)) <= _INLINE_BUILD_CHARS:
-            self._matcher = _automaton(forms) if forms else None
+        self._building: Future[ahocorasick_rs.AhoCorasick | None] | None = None
+        if sum(map(len, kept)) <= _INLINE_SECRET_CHARS:
+            self._matcher = _automaton(kept)
         else:
-            self._building = _thread_pool().submit(_automaton, forms)
+            # Computing the forms (URL-quoting is ~1 µs per character) and the automaton takes
+            # tens of milliseconds for the largest credentials allowed.
+            self._building = _thread_pool().submit(_automaton, kept)
 
     def __call__(self, text: str) -> str:
         if not text:
@@ -73,7 +68,11 @@ class Redactor:
         return "".join(pieces)
 
 
-def _automaton(forms: list[str]) -> ahocorasick_rs.AhoCorasick:
+def _automaton(secrets: list[str]) -> ahocorasick_rs.AhoCorasick | None:
+    """The automaton of every form of `secrets`; None when there is nothing to find."""
+    forms = sorted({form for secret in secrets for form in _forms(secret)})
+    if not forms:
+        return None
     return ahocorasick_rs.AhoCorasick(
         forms,
         matchkind=ahocorasick_rs.MatchKind.LeftmostLongest,

@@ -1,0 +1,121 @@
+"""How long the daemon's event loop stalls while it takes the largest request it allows.
+
+A daemon runs in this process with a probe on its event loop (a task that asks to wake every
+millisecond and records how late it wakes); a client in another process (so that its own work
+does not share this process's GIL) sends, one after the other (after `idle`, a baseline with
+nothing sent: what the machine's scheduling alone costs):
+
+- `largest`: the largest allowed request: a 64 MiB input in chunks, valid JSON nested to the
+  depth limit, the most and largest credentials and config vars allowed, the largest code;
+- `refused`: a 60 MB request message over max_request_bytes, refused unparsed.
+
+Target: no single stall over 10 ms. Run as root: `python -m benchmarks.event_loop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from dataclasses import replace
+
+from sandboxd import config
+from sandboxd.daemon import Daemon
+
+_PROBE_S = 0.001
+_IDLE_S = 3.0  # the baseline: the machine's own scheduling noise, nothing sent
+_CLIENT = r"""
+import asyncio, json, sys, time
+import grpc
+from sandbox_client import SandboxClient, Step
+from sandbox_client.v1 import sandbox_pb2 as pb
+
+target, which = sys.argv[1], sys.argv[2]
+
+def largest_input():
+    nested = "[" * 254 + "1" + "]" * 254  # 256 deep inside {"items": [...]}
+    body = "[" + ",".join([json.dumps(["x" * 1000] * 64)] * 900 + [nested]) + "]"
+    pad = 64 * 1024 * 1024 - len(body) - 64
+    return ('{"pad":"' + "p" * pad + '","items":' + body + "}").encode()
+
+async def main():
+    if which == "largest":
+        credentials = {f"k{i:02}": f"{i:02}" + "s" * 1000 for i in range(64)}
+        config_vars = {f"v{i:03}": "c" * 400 for i in range(256)}
+        code = "module.exports = async (ctx) => ctx.input.items.length //" + "x" * 1000000
+        async with SandboxClient(target) as client:
+            result = await client.run(tenant_id="bench", steps=[Step("count", code)],
+                                      input_json=largest_input(), credentials=credentials,
+                                      config_vars=config_vars)
+        assert result == 901, result
+    else:
+        request = pb.ExecuteRequest(tenant_id="bench", steps=[pb.Step(name="s", code="1")],
+                                    input=b'"' + b"z" * 60_000_000 + b'"')
+        options = [("grpc.max_send_message_length", 80 << 20)]
+        async with grpc.aio.insecure_channel(target, options=options) as channel:
+            call = channel.unary_stream("/sandboxd.v1.SandboxService/Execute",
+                                        request_serializer=lambda m: m.SerializeToString(),
+                                        response_deserializer=pb.ExecuteResponse.FromString)
+            try:
+                async for _ in call(request):
+                    pass
+            except grpc.aio.AioRpcError as error:
+                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+asyncio.run(main())
+"""
+
+
+async def _probe(stalls: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        began = time.perf_counter()
+        await asyncio.sleep(_PROBE_S)
+        stalls.append(time.perf_counter() - began - _PROBE_S)
+
+
+async def _measure(target: str, which: str) -> dict[str, float]:
+    stalls: list[float] = []
+    stop = asyncio.Event()
+    probe = asyncio.create_task(_probe(stalls, stop))
+    began = time.perf_counter()
+    status = 0
+    if which == "idle":
+        await asyncio.sleep(_IDLE_S)
+    else:
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", _CLIENT, target, which)
+        status = await client.wait()
+    elapsed = time.perf_counter() - began
+    stop.set()
+    await probe
+    if status != 0:
+        raise SystemExit(f"the {which} client failed (exit {status})")
+    worst = sorted(stalls, reverse=True)
+    return {
+        "seconds": round(elapsed, 2),
+        "max_stall_ms": round(worst[0] * 1000, 2),
+        "p99_stall_ms": round(worst[len(worst) // 100] * 1000, 2),
+        "stalls_over_10ms": sum(stall > 0.010 for stall in stalls),
+    }
+
+
+async def _run(uid_base: int) -> dict[str, dict[str, float]]:
+    settings = replace(config.load(None), listen="127.0.0.1:0", pool_size=1, uid_base=uid_base)
+    daemon = Daemon(settings)
+    await daemon.start()
+    try:
+        target = f"127.0.0.1:{daemon.port}"
+        return {which: await _measure(target, which) for which in ("idle", "largest", "refused")}
+    finally:
+        await daemon.stop(grace=1.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--uid-base", type=int, default=630_000, help="host uids of the jails")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(_run(args.uid_base)), indent=2))
+
+
+if __name__ == "__main__":
+    main()
