@@ -31,6 +31,7 @@ from sandboxd.config import Settings
 from sandboxd.kinds import kind_name, kind_value, retryable
 from sandboxd.pool import PoolClosed
 from sandboxd.queue import keys
+from sandboxd.queue.appender import EventAppender
 from sandboxd.queue.backoff import Backoff
 from sandboxd.queue.store import (
     REDIS_DOWN,
@@ -313,7 +314,7 @@ class QueueWorker:
             await self._finish(entry, begun.attempt, last, keys.FAILED)
             return
         try:
-            last = await self._run(entry, plan)
+            last, unsent = await self._run(entry, plan)
         except (AdmissionError, PoolClosed) as exc:
             # Refused before it started (the tenant is over its quota on this daemon, or the
             # daemon is draining): queue it again, and the attempt does not count.
@@ -321,16 +322,21 @@ class QueueWorker:
             kind = "QUOTA_EXCEEDED" if isinstance(exc, QuotaExceeded) else "UNAVAILABLE"
             await self._retry(entry, Failure(kind, str(exc)), delay_s, refund=True)
             return
-        await self._conclude(entry, begun.attempt, last)
+        await self._conclude(entry, begun.attempt, last, unsent)
 
-    async def _conclude(self, entry: Entry, attempt: int, last: pb.ExecutionEvent) -> None:
-        """Store the outcome, or retry a retryable failure while attempts are left."""
+    async def _conclude(
+        self, entry: Entry, attempt: int, last: pb.ExecutionEvent, unsent: list[StoredEvent]
+    ) -> None:
+        """Store the outcome (after the attempt's `unsent` events), or retry a retryable failure
+        while attempts are left."""
         outcome = last.execution_finished
         if outcome.status == pb.EXECUTION_STATUS_SUCCEEDED:
-            await self._finish(entry, attempt, last, keys.SUCCEEDED)
+            await self._finish(entry, attempt, last, keys.SUCCEEDED, unsent=unsent)
         elif not retryable(outcome.error_kind):
-            await self._finish(entry, attempt, last, keys.FAILED)
+            await self._finish(entry, attempt, last, keys.FAILED, unsent=unsent)
         elif attempt < self.options.max_attempts:
+            if unsent:
+                await self._append(entry, unsent)
             failure = Failure(kind_name(outcome.error_kind), outcome.error_message)
             await self._retry(entry, failure, self.options.retry_delay_s(attempt), refund=False)
         else:
@@ -341,7 +347,7 @@ class QueueWorker:
                 kind=kind_name(outcome.error_kind),
                 reason=outcome.error_message,
             )
-            await self._finish(entry, attempt, last, keys.DEAD_STATE, dead)
+            await self._finish(entry, attempt, last, keys.DEAD_STATE, dead, unsent=unsent)
 
     async def _retry(self, entry: Entry, failure: Failure, delay_s: float, *, refund: bool) -> None:
         delay_ms = int(delay_s * 1000)
@@ -363,22 +369,30 @@ class QueueWorker:
         )
         return replace(plan, attempt=begun.attempt, steps=steps)
 
-    async def _run(self, entry: Entry, plan: ExecutionPlan) -> pb.ExecutionEvent:
-        """Run the plan, storing every event but the last (ExecutionFinished), which it returns."""
+    async def _run(
+        self, entry: Entry, plan: ExecutionPlan
+    ) -> tuple[pb.ExecutionEvent, list[StoredEvent]]:
+        """Run the plan, storing its events as they come; the last (ExecutionFinished) and the
+        events not stored yet, for the final write."""
         last: pb.ExecutionEvent | None = None
-        # Executor.run is an async generator: closing it when we stop early kills the jail now.
-        async with contextlib.aclosing(self._executor.run(plan)) as events:
-            async for event in events:
-                if event.HasField("execution_finished"):
-                    last = event
-                else:
-                    stored = [await self._stored(entry, plan.attempt, event)]
-                    await self._redo(
-                        self._store.append, entry, self.consumer, stored, self._retention_ms
-                    )
+        appender = EventAppender(lambda batch: self._append(entry, batch))
+        try:
+            # Executor.run is an async generator: closing it when we stop early kills the jail.
+            async with contextlib.aclosing(self._executor.run(plan)) as events:
+                async for event in events:
+                    if event.HasField("execution_finished"):
+                        last = event
+                    else:
+                        appender.add(await self._stored(entry, plan.attempt, event))
+            unsent = await appender.close()
+        finally:
+            appender.cancel()
         if last is None:
             raise RuntimeError("the execution ended without ExecutionFinished")
-        return last
+        return last, unsent
+
+    async def _append(self, entry: Entry, events: list[StoredEvent]) -> None:
+        await self._redo(self._store.append, entry, self.consumer, events, self._retention_ms)
 
     async def _give_up(self, entry: Entry, attempts: int, last: Failure) -> None:
         """Dead-letter an execution that will not run again, telling its readers why."""
@@ -397,8 +411,10 @@ class QueueWorker:
         last: pb.ExecutionEvent,
         state: str,
         dead: DeadLetter | None = None,
+        *,
+        unsent: list[StoredEvent] | None = None,
     ) -> None:
-        stored = [await self._stored(entry, attempt, last)]
+        stored = [*(unsent or []), await self._stored(entry, attempt, last)]
         await self._redo(
             self._store.finish,
             entry,

@@ -52,8 +52,9 @@ def start(
 
 
 def stop(process: subprocess.Popen[str]) -> dict[str, object]:
-    """SIGTERM, and the status the worker printed when it stopped."""
+    """SIGTERM (and SIGCONT, should it be stopped), and the status it printed when it stopped."""
     process.send_signal(signal.SIGTERM)
+    process.send_signal(signal.SIGCONT)
     out, _ = process.communicate(timeout=60)
     status: dict[str, object] = json.loads(out.strip().splitlines()[-1])
     return status

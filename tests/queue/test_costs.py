@@ -1,4 +1,10 @@
-"""What each script costs Redis with 100,000 active tenants (Redis's own SLOWLOG timings)."""
+"""What each script costs Redis with 100,000 active tenants (Redis's own SLOWLOG timings).
+
+SLOWLOG times are wall-clock: on a shared host a call that Redis was preempted in takes long
+whatever it does, so the checks are on the median and the 90th percentile of each script's calls.
+A script whose cost grew with the number of tenants would be slow in every call (at 100,000
+tenants the old TAKE took about 200 ms).
+"""
 
 from __future__ import annotations
 
@@ -30,28 +36,25 @@ async def fill(raw: redis.Redis, tenants: int) -> None:
             await pipe.execute()
 
 
-async def slow_calls(raw: redis.Redis) -> dict[str, list[int]]:
-    """Microseconds of each call since the reset that took over 1 ms, by script name."""
+async def script_times(raw: redis.Redis) -> dict[str, list[int]]:
+    """Microseconds of each script call since the reset, by script name (the commands a script
+    runs are logged too, and left out here)."""
     names = {raw.register_script(lua.script(body)).sha: name for name, body in SCRIPTS.items()}
     durations: dict[str, list[int]] = defaultdict(list)
     for entry in await raw.slowlog_get(1_000_000):
         command: list[Any] = entry["command"].split()
-        name = command[0].decode().upper()
-        if name == "EVALSHA":
-            name = names.get(command[1].decode(), "EVALSHA ?")
-        durations[name].append(int(entry["duration"]))
+        if command[0].upper() == b"EVALSHA":
+            durations[names[command[1].decode()]].append(int(entry["duration"]))
     return durations
 
 
-async def test_no_script_takes_a_millisecond_with_100000_tenants(
+async def test_scripts_stay_under_a_millisecond_with_100000_tenants(
     store: QueueStore, raw: redis.Redis
 ) -> None:
-    """An operation whose cost grew with the tenants would be slow in every call; a few calls
-    of a kind may be slow when the shared host preempts Redis, and are allowed."""
     await fill(raw, TENANTS)
     assert (await store.depth(0)).tenants_waiting == TENANTS
-    await raw.config_set("slowlog-max-len", 100_000)
-    await raw.config_set("slowlog-log-slower-than", 1000)
+    await raw.config_set("slowlog-max-len", 1_000_000)
+    await raw.config_set("slowlog-log-slower-than", 0)
     await raw.slowlog_reset()
     calls: Counter[str] = Counter()
 
@@ -91,7 +94,12 @@ async def test_no_script_takes_a_millisecond_with_100000_tenants(
     # The retried ones are delayed, or waiting again once a TAKE found them due.
     assert depth.waiting + depth.delayed == TENANTS - 216 + 50 + 100
 
-    slow = await slow_calls(raw)
-    assert set(slow) <= set(calls), slow
-    assert all(len(slow[name]) <= max(1, calls[name] // 50) for name in slow), slow
-    assert all(us < 20_000 for durations in slow.values() for us in durations), slow
+    times = {name: sorted(values) for name, values in (await script_times(raw)).items()}
+    # Each script's first call is logged twice: refused (NOSCRIPT), then run once loaded.
+    assert all(calls[name] <= len(values) <= calls[name] + 1 for name, values in times.items())
+    assert set(times) == set(calls)
+    medians = {name: values[len(values) // 2] for name, values in times.items()}
+    p90s = {name: values[len(values) * 9 // 10] for name, values in times.items()}
+    # Logging every command costs Redis too: these are upper bounds of the scripts' own time.
+    assert all(us < 500 for us in medians.values()), (medians, p90s)
+    assert all(us < 1000 for us in p90s.values()), (medians, p90s)

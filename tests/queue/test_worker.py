@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+import redis.asyncio as redis
 
 from sandbox_client import ErrorKind, SandboxError, Step
 from sandbox_client._queue import QueueClient
@@ -104,6 +105,28 @@ async def test_the_hold_loop_never_stops_what_the_worker_finished_itself(
     assert worker.taken == 400
     infos = [await queue.info(i) for i in ids]
     assert {(i.state, i.attempts) for i in infos if i} == {("succeeded", 1)}
+
+
+async def test_events_are_stored_as_they_come_and_the_rest_with_the_finish(
+    queue: QueueClient, start_worker: StartWorker, redis_server: RedisServer
+) -> None:
+    """A slow step's first events are readable while it runs; those that come at once at the
+    end go with FINISH."""
+    await start_worker(FakeRunner(1, run_s=1.0))
+    execution_id = await queue.enqueue(tenant_id="acme", steps=[STEP], input={"n": 1})
+    events = queue.events(execution_id)
+    first = await anext(events)
+    assert first.HasField("execution_started")
+    info = await queue.info(execution_id)
+    assert info is not None and info.state == "running"
+    rest = [event.WhichOneof("event") async for event in events]
+    assert rest == ["step_started", "step_finished", "execution_finished"]
+    raw = redis.Redis.from_url(redis_server.url)
+    try:
+        stats = await raw.info("commandstats")
+    finally:
+        await raw.aclose()
+    assert stats["cmdstat_xadd"]["calls"] == 4  # each event stored once
 
 
 FLEET = 16
