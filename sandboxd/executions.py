@@ -68,6 +68,12 @@ class _LogStream:
         self.lines += 1
         return not self.truncated and self.bytes <= self.max_bytes and self.lines <= self.max_lines
 
+    def runner_limit(self) -> str:
+        """Which limit the runner stopped at: the lines once they are all used, else the bytes."""
+        if self.lines >= self.max_lines:
+            return f"{self.max_lines} lines"
+        return f"{self.max_bytes} bytes"
+
     def limit_reached(self) -> str:
         """Which limit the step went past."""
         if self.lines > self.max_lines:
@@ -248,6 +254,7 @@ class Execution:
             "name": step.name,
             "returnResult": step.return_result,
             "logBytes": limits.log_bytes,
+            "logLines": limits.log_lines,
             "resultBytes": limits.result_bytes,
         }
         await self._send(jail, header, step.code.encode(), deadline, late)
@@ -278,7 +285,7 @@ class Execution:
             # The runner's own marker: nothing more of the step is streamed, and one marker
             # reaches the caller however many the step forges.
             stream.truncated, already = True, stream.truncated
-            return [] if already else [self._events.truncation(step, f"{stream.max_bytes} bytes")]
+            return [] if already else [self._events.truncation(step, stream.runner_limit())]
         else:  # read_frame lets only a step's frames through; this is a daemon bug
             raise AssertionError(f"unexpected {item.type!r} frame")
         if stream.admit(len(text)):

@@ -312,8 +312,9 @@ function cutUtf8(bytes, max) {
   return view(bytes, 0, end);
 }
 
-// One log line of the running step. Per step, log bytes stop at logBytes: the line that crosses
-// the limit is cut there, one `truncated` frame follows, and later lines of the step are dropped.
+// One log line of the running step. Per step, log bytes stop at logBytes (the line that crosses
+// the limit is cut there) and lines at logLines; one `truncated` frame follows, and later lines of
+// the step are dropped.
 function emitLog(level, text) {
   const step = current;
   if (step === null) {
@@ -327,6 +328,12 @@ function emitLog(level, text) {
     if (step.logUsed + step.logOverflow > 2 * step.logBytes) stopFlooding(step);
     return;
   }
+  if (step.logLines === step.linesSent) {
+    step.logDropped = true;
+    sendFrame({ __proto__: null, t: 'truncated', seq: step.seq });
+    step.logOverflow = text.length;
+    return;
+  }
   let bytes = utf8Encode(text);
   const room = step.logBytes - step.logUsed;
   if (byteLengthOf(bytes) > room) {
@@ -337,6 +344,7 @@ function emitLog(level, text) {
   if (size > 0 || !step.logDropped) {
     sendFrame({ __proto__: null, t: 'log', seq: step.seq, level, ts: DateNow() }, bytes);
     step.logUsed += size;
+    step.linesSent += 1;
   }
   if (step.logDropped) {
     sendFrame({ __proto__: null, t: 'truncated', seq: step.seq });
@@ -1255,8 +1263,10 @@ function onStep(header, body) {
       moduleURL: '', // set when the step is an ES module
       returnResult: own(header, 'returnResult', true) !== false,
       logBytes: limit(header, 'logBytes'),
+      logLines: limit(header, 'logLines'),
       resultBytes: limit(header, 'resultBytes'),
       logUsed: 0,
+      linesSent: 0,
       logDropped: false,
       logOverflow: 0, // UTF-16 units the step tried to log past its limit
       finished: false,
