@@ -57,10 +57,11 @@ class PooledJail:
         return self.jail.jail_id
 
     def kill(self) -> None:
-        """Kill every process of the jail (its pid namespace, and its cgroup when there is one)."""
+        """Kill every process of the jail: SIGKILL to its init ends its whole pid namespace,
+        which no process can leave. Its cgroup is killed again and removed when the jail is
+        freed (`JailPool.destroy`), in a thread: v1's freeze-then-kill waits, the loop must not.
+        """
         self.jail.kill()
-        if self.cgroup is not None:
-            self.cgroup.kill()
 
     def take_proxy_fd(self) -> int:
         """The jail's egress socket (listening on its own loopback), for the egress proxy.
@@ -123,6 +124,7 @@ class JailPool:
         self._waiting = 0
         self._closed = False
         self._tasks: set[asyncio.Task[None]] = set()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._arrivals: collections.deque[float] = collections.deque()
         # Idle warm jails cost memory (~40 MB of Node each) and starting them costs cpu.
         self._warm_ceiling = min(maximum, _host_warm_ceiling())
@@ -184,6 +186,7 @@ class JailPool:
         warm = list(self._warm)
         self._warm.clear()
         await asyncio.gather(*(self.destroy(jail) for jail in warm))
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -211,13 +214,24 @@ class JailPool:
         try:
             yield jail
         finally:
-            # Destroyed before it stops counting as leased: its uid and cgroup are free by the
-            # time a refill may start the next jail.
-            try:
-                await self.destroy(jail)
-            finally:
-                self._leased -= 1
-                self._refill()
+            # Killed now; freed off the caller's path, so its stream ends without waiting for
+            # the jail's exit and cgroup removal (most of a warm execution's time otherwise).
+            jail.kill()
+            jail.channel.close()
+            task = asyncio.create_task(self._retire(jail))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    async def _retire(self, jail: PooledJail) -> None:
+        """Free a leased jail once it is dead. It counts as leased until then: its uid and
+        cgroup are free by the time a refill may start the next jail."""
+        try:
+            await self._free_when_dead(jail.jail, jail.cgroup, jail.uid)
+        except (CgroupError, OSError) as exc:  # its uid stays taken: something may live on
+            log.error("jail %s could not be freed: %s", jail.jail_id, exc)
+        finally:
+            self._leased -= 1
+            self._refill()
 
     async def _take(self) -> PooledJail:
         async with self._changed:
