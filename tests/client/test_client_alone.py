@@ -6,7 +6,6 @@ check that nothing of the daemon came along.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import importlib.util
 import os
@@ -16,7 +15,14 @@ import uuid
 import pytest
 
 import sandbox_client
-from sandbox_client import ErrorKind, SandboxClient, SandboxError, Step, SyncSandboxClient
+from sandbox_client import (
+    ErrorKind,
+    SandboxClient,
+    SandboxError,
+    Step,
+    SyncSandboxClient,
+    result_of,
+)
 
 ALONE = os.environ.get("SANDBOX_CLIENT_ALONE") == "1"
 DOUBLE = "module.exports = async (context) => context.input.n * 2"
@@ -85,21 +91,18 @@ async def test_a_refusal_carries_the_field_from_bad_request(client: SandboxClien
 
 
 async def test_over_quota_carries_retry_info(client: SandboxClient, narrow_tenant: str) -> None:
-    first = asyncio.create_task(
-        client.run(tenant_id=narrow_tenant, steps=[Step("wait", SLEEP)], execution_id="first")
-    )
-    try:
-        while narrow_tenant not in (await client.status()).tenants and not first.done():
-            await asyncio.sleep(0.05)
-        with pytest.raises(SandboxError) as caught:
-            await client.run(tenant_id=narrow_tenant, steps=[Step("double", DOUBLE)])
-        assert caught.value.kind is ErrorKind.QUOTA_EXCEEDED
-        assert caught.value.retry_after is not None and caught.value.retry_after > 0
-    finally:
-        assert await client.cancel(narrow_tenant, "first") is True
-        with pytest.raises(SandboxError) as cancelled:
-            await first
+    events = client.execute(tenant_id=narrow_tenant, steps=[Step("wait", SLEEP)], execution_id="1")
+    while (await anext(events)).WhichOneof("event") != "step_started":
+        pass
+    with pytest.raises(SandboxError) as caught:
+        await client.run(tenant_id=narrow_tenant, steps=[Step("double", DOUBLE)])
+    assert caught.value.kind is ErrorKind.QUOTA_EXCEEDED
+    assert caught.value.retry_after is not None and caught.value.retry_after > 0
+    assert await client.cancel(narrow_tenant, "1") is True
+    with pytest.raises(SandboxError) as cancelled:
+        await result_of(events)
     assert cancelled.value.kind is ErrorKind.CANCELLED
+    assert cancelled.value.execution_id == "1"
 
 
 async def test_a_passed_deadline_is_deadline_exceeded(client: SandboxClient) -> None:
