@@ -37,11 +37,18 @@ async def serve(
 
 
 def start(
-    redis_url: str, worker_id: str, *, slots: int, run_ms: float = 0.0, idle_check_s: float = 2.0
+    redis_url: str,
+    worker_id: str,
+    *,
+    slots: int,
+    run_ms: float = 0.0,
+    idle_check_s: float = 2.0,
+    visibility_s: float = 30.0,
 ) -> subprocess.Popen[str]:
     """The worker as a child process; returns once it takes work."""
     argv = [sys.executable, "-m", "tests.queue.fake_worker", redis_url, worker_id]
     argv += ["--slots", str(slots), "--run-ms", str(run_ms), "--idle-check-s", str(idle_check_s)]
+    argv += ["--visibility-s", str(visibility_s)]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
     assert process.stdout is not None
     line = process.stdout.readline().strip()
@@ -67,8 +74,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--slots", type=int, default=4)
     parser.add_argument("--run-ms", type=float, default=0.0)
     parser.add_argument("--idle-check-s", type=float, default=2.0)
+    parser.add_argument("--visibility-s", type=float, default=30.0)
     args = parser.parse_args(argv)
-    options = QueueOptions(idle_check_s=args.idle_check_s, visibility_timeout_s=30.0)
+    options = QueueOptions(idle_check_s=args.idle_check_s, visibility_timeout_s=args.visibility_s)
     asyncio.run(serve(args.redis_url, args.worker_id, args.slots, args.run_ms / 1000, options))
     return 0
 
