@@ -135,8 +135,13 @@ class Daemon:
             transport_security=transport_security(settings),
         )
         # The port is bound before any jail starts: a daemon that cannot listen starts none.
-        self._server = self._make_server(self.service)
+        address = parse_listen(settings.listen)
+        rpc_telemetry = self.telemetry.rpc_interceptor(
+            address.path if address.unix else address.host
+        )
+        self._server = self._make_server(self.service, rpc_telemetry)
         self.port = _bind(self._server, settings)
+        rpc_telemetry.server_port = None if address.unix else self.port
         await self._pool.start()
         self.telemetry.watch_pool(self._pool)
         self.telemetry.watch_admission(self.admission)
@@ -169,8 +174,10 @@ class Daemon:
             "on" if settings.seccomp else "OFF",
         )
 
-    def _make_server(self, service: SandboxService) -> grpc.aio.Server:
-        server = grpc.aio.server(options=_server_options())
+    def _make_server(
+        self, service: SandboxService, rpc_telemetry: grpc.aio.ServerInterceptor
+    ) -> grpc.aio.Server:
+        server = grpc.aio.server(interceptors=[rpc_telemetry], options=_server_options())
         add_service(service, server, self.settings.max_request_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

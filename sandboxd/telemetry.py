@@ -1,9 +1,13 @@
 """OpenTelemetry traces and metrics of the daemon.
 
-One span per execution (the server side of the RPC, continuing the caller's trace), with a child
-span for the lease and one per step. Spans and metrics carry identifiers, outcomes and resource
-use, and never anything a tenant sent or produced: no input, result, code, config var, credential,
-log text or error message (a step's error message is the tenant's own text and may quote its data).
+Each RPC has its server span by the gRPC conventions (`sandboxd.v1.SandboxService/Execute`, made
+by rpc_telemetry.py, continuing the caller's trace); under it one span per execution, and under
+that a span for the lease and one per step. sandboxd's own attributes are named under
+`sandboxd.`, with no unit in the name: durations are seconds and sizes bytes (docs/telemetry.md
+lists them; metric units are the instruments' metadata). Spans and metrics carry identifiers,
+outcomes and resource use, and never anything a tenant sent or produced: no input, result, code,
+config var, credential, log text or error message (a step's error message is the tenant's own
+text and may quote its data).
 
 The observer learns everything from the execution's event stream, so wiring it is one line per
 event; times come from the events' own timestamps, so spans are exact even if the stream's
@@ -45,7 +49,12 @@ from sandboxd.egress.records import ConnectionRecord
 from sandboxd.kinds import SUCCEEDED, ending_outcome, kind_name, outcome_name
 from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan
+from sandboxd.rpc_telemetry import RpcTelemetry, serving_context
 from sandboxd.tenants import Admission, TenantLoad
+
+# The attributes of metrics as well as spans (the others are written where they are set).
+TENANT = "sandboxd.tenant.id"
+OUTCOME = "sandboxd.execution.outcome"
 
 ExporterKind = Literal["none", "console", "otlp"]
 EXPORTERS: tuple[str, ...] = get_args(ExporterKind)
@@ -170,9 +179,15 @@ class Telemetry:
     def observe(
         self, plan: ExecutionPlan, metadata: Sequence[tuple[str, str | bytes]] | None = ()
     ) -> ExecutionObserver:
-        """An observer of `plan`'s execution, whose span continues the trace in `metadata`."""
-        parent = context_from_grpc_metadata(metadata)
+        """An observer of `plan`'s execution. Its span is a child of the span of the RPC being
+        served (rpc_telemetry.py); outside an RPC (distributed mode) it continues the trace in
+        `metadata`."""
+        parent = serving_context() or context_from_grpc_metadata(metadata)
         return ExecutionObserver(self._tracer, self._instruments, plan, parent)
+
+    def rpc_interceptor(self, server_address: str) -> RpcTelemetry:
+        """The server interceptor that traces and times every RPC (rpc_telemetry.py)."""
+        return RpcTelemetry(self._tracer, self._instruments.meter, server_address)
 
     def jail_started(self, seconds: float) -> None:
         self._instruments.jail_start.record(seconds)
@@ -222,8 +237,8 @@ class Telemetry:
 
         `latest` returns the last depth the daemon read (reading Redis is async; callbacks are not).
         Only the tenants with the most waiting work get series of their own (the depth holds
-        those); the backlog of all others is one series, tenant.id "other": 100,000 tenants are
-        not 100,000 series.
+        those); the backlog of all others is one series, sandboxd.tenant.id "other": 100,000
+        tenants are not 100,000 series.
         """
         meter = self._instruments.meter
 
@@ -235,9 +250,9 @@ class Telemetry:
                 if depth is None:
                     return []
                 tenants = depth.tenants.items()
-                observed = [Observation(value(load), {"tenant.id": t}) for t, load in tenants]
+                observed = [Observation(value(load), {TENANT: t}) for t, load in tenants]
                 if other is not None:
-                    observed.append(Observation(other(depth), {"tenant.id": "other"}))
+                    observed.append(Observation(other(depth), {TENANT: "other"}))
                 return observed
 
             return callback
@@ -288,10 +303,10 @@ class _TenantGauge:
     def __call__(self, options: CallbackOptions) -> Iterable[Observation]:
         loads = self._admission.snapshot()
         observations = [
-            Observation(self._read(load), {"tenant.id": tenant}) for tenant, load in loads.items()
+            Observation(self._read(load), {TENANT: tenant}) for tenant, load in loads.items()
         ]
         observations += [
-            Observation(0, {"tenant.id": tenant}) for tenant in self._reported - loads.keys()
+            Observation(0, {TENANT: tenant}) for tenant in self._reported - loads.keys()
         ]
         self._reported = set(loads)
         return observations
@@ -325,13 +340,13 @@ class ExecutionObserver:
         self._span = tracer.start_span(
             "sandboxd.execution",
             context=parent,
-            kind=SpanKind.SERVER,
+            kind=SpanKind.INTERNAL,
             start_time=self._started_ns,
             attributes={
-                "tenant.id": plan.tenant_id,
-                "execution.id": plan.execution_id,
-                "execution.attempt": plan.attempt,
-                "execution.step_count": len(plan.steps),
+                TENANT: plan.tenant_id,
+                "sandboxd.execution.id": plan.execution_id,
+                "sandboxd.execution.attempt": plan.attempt,
+                "sandboxd.execution.step_count": len(plan.steps),
             },
         )
         self._context = trace.set_span_in_context(self._span, parent)
@@ -370,7 +385,7 @@ class ExecutionObserver:
             self._end_step(outcome, {}, time.time_ns())
         if error is not None:
             self._span.set_attribute("exception.type", type(error).__qualname__)
-        self._end({"execution.outcome": outcome, "error.type": outcome}, time.time_ns())
+        self._end({OUTCOME: outcome, "error.type": outcome}, time.time_ns())
 
     def _leased(self, started: pb.ExecutionStarted, at_ns: int) -> None:
         wait_s = started.lease_wait_us / 1e6
@@ -379,7 +394,6 @@ class ExecutionObserver:
             "sandboxd.lease",
             context=self._context,
             start_time=began_ns,
-            attributes={"lease.wait_s": wait_s},
         )
         span.end(end_time=max(began_ns, at_ns))
         self._instruments.lease_wait.record(wait_s)
@@ -389,13 +403,13 @@ class ExecutionObserver:
             "sandboxd.step",
             context=self._context,
             start_time=at_ns,
-            attributes={"step.name": started.step, "step.index": started.index},
+            attributes={"sandboxd.step.name": started.step, "sandboxd.step.index": started.index},
         )
         self._step = _OpenStep(span, at_ns)
 
     def _step_finished(self, finished: pb.StepFinished, at_ns: int) -> None:
         attributes = {
-            "step.result_bytes": finished.result_bytes,
+            "sandboxd.step.result.size": finished.result_bytes,
             **_usage_attributes(finished.usage),
         }
         self._end_step(SUCCEEDED, attributes, at_ns, duration_s=finished.usage.duration_us / 1e6)
@@ -404,42 +418,46 @@ class ExecutionObserver:
         self._end_step(kind_name(failed.kind), {}, at_ns)
 
     def _end_step(
-        self, outcome: str, attributes: dict[str, int], at_ns: int, duration_s: float | None = None
+        self,
+        outcome: str,
+        attributes: dict[str, float | int],
+        at_ns: int,
+        duration_s: float | None = None,
     ) -> None:
         step = self._step
         if step is None:
             return
         self._step = None
-        step.span.set_attributes({"step.outcome": outcome, **attributes})
+        step.span.set_attributes({"sandboxd.step.outcome": outcome, **attributes})
         if outcome != SUCCEEDED:
             step.span.set_attribute("error.type", outcome)
         step.span.set_status(_status(outcome))
         step.span.end(end_time=max(step.started_ns, at_ns))
         if duration_s is None:
             duration_s = max(0, at_ns - step.started_ns) / 1e9
-        self._instruments.step_duration.record(duration_s, {"step.outcome": outcome})
+        self._instruments.step_duration.record(duration_s, {"sandboxd.step.outcome": outcome})
 
     def _finished(self, finished: pb.ExecutionFinished, at_ns: int) -> None:
-        attributes: dict[str, str | int] = {
-            "execution.outcome": outcome_name(finished),
-            "execution.steps_completed": finished.steps_completed,
+        attributes: dict[str, str | float | int] = {
+            OUTCOME: outcome_name(finished),
+            "sandboxd.execution.steps_completed": finished.steps_completed,
             **_usage_attributes(finished.usage),
         }
         if finished.status != pb.EXECUTION_STATUS_SUCCEEDED:
-            attributes["error.type"] = attributes["execution.outcome"]
-            attributes["execution.failed_step"] = finished.failed_step
+            attributes["error.type"] = attributes[OUTCOME]
+            attributes["sandboxd.execution.failed_step"] = finished.failed_step
         self._end(attributes, at_ns)
 
-    def _end(self, attributes: dict[str, str | int], at_ns: int) -> None:
+    def _end(self, attributes: dict[str, str | float | int], at_ns: int) -> None:
         self._ended = True
-        outcome = str(attributes["execution.outcome"])
+        outcome = str(attributes[OUTCOME])
         self._span.set_attributes(attributes)
         self._span.set_status(_status(outcome))
         self._span.end(end_time=max(self._started_ns, at_ns))
         instruments = self._instruments
-        instruments.executions.add(1, {"execution.outcome": outcome, "tenant.id": self._tenant})
+        instruments.executions.add(1, {OUTCOME: outcome, TENANT: self._tenant})
         instruments.execution_duration.record(
-            max(0, at_ns - self._started_ns) / 1e9, {"execution.outcome": outcome}
+            max(0, at_ns - self._started_ns) / 1e9, {OUTCOME: outcome}
         )
 
 
@@ -450,11 +468,12 @@ def _status(outcome: str) -> Status:
     return Status(StatusCode.ERROR, outcome)
 
 
-def _usage_attributes(usage: pb.Usage) -> dict[str, int]:
+def _usage_attributes(usage: pb.Usage) -> dict[str, float | int]:
+    """Seconds and bytes, as the OpenTelemetry conventions measure (units: docs/telemetry.md)."""
     return {
-        "usage.duration_us": usage.duration_us,
-        "usage.cpu_time_us": usage.cpu_time_us,
-        "usage.peak_memory_bytes": usage.peak_memory_bytes,
+        "sandboxd.usage.duration": usage.duration_us / 1e6,
+        "sandboxd.usage.cpu_time": usage.cpu_time_us / 1e6,
+        "sandboxd.usage.peak_memory": usage.peak_memory_bytes,
     }
 
 

@@ -19,6 +19,8 @@ import pytest
 from sandbox_client import SandboxClient
 
 REPO = Path(__file__).resolve().parents[2]
+# Jails of this daemon run as host uids from here on (other test daemons use other ranges).
+_JAIL_SETTINGS = {"SANDBOXD_UID_BASE": "520000", "SANDBOXD_POOL_MAX": "8"}
 # A tenant allowed one execution at a time and none waiting: the second one is refused.
 NARROW_TENANT = "narrow"
 _SETTINGS = f"""
@@ -46,7 +48,11 @@ def daemon_target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     settings.write_text(_SETTINGS)
     argv = [*_daemon_program(), "serve", "--listen", "127.0.0.1:0", "--pool-size", "2"]
     process = subprocess.Popen(
-        [*argv, "--config", str(settings)], stdout=subprocess.PIPE, stderr=sys.stderr, text=True
+        [*argv, "--config", str(settings)],
+        stdout=subprocess.PIPE,
+        stderr=sys.stderr,
+        text=True,
+        env={**os.environ, **_JAIL_SETTINGS},
     )
     assert process.stdout is not None
     line = process.stdout.readline()

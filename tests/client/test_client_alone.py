@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import subprocess
 import sys
 import uuid
 
@@ -42,13 +43,18 @@ def test_installed_alone_brings_nothing_of_the_daemon(module: str) -> None:
     reason="sandbox_client._queue still imports the daemon's sandboxd.queue (being rewritten)",
     strict=True,
 )
-def test_queue_client_without_redis_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(sys.modules, "redis", None)  # as if redis were not installed
-    monkeypatch.delitem(sys.modules, "sandbox_client._queue", raising=False)
-    with pytest.raises(ImportError) as caught:
-        _ = sandbox_client.QueueClient
-    assert str(caught.value) == (
-        "sandbox_client.QueueClient needs the redis package: pip install 'sandboxd-client[queue]'"
+def test_queue_client_without_redis_says_what_to_install() -> None:
+    # A fresh interpreter in which redis cannot be imported (a None entry in sys.modules).
+    program = (
+        "import sys; sys.modules['redis'] = None; import sandbox_client; sandbox_client.QueueClient"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, check=False
+    )
+    assert ran.returncode == 1
+    assert ran.stderr.splitlines()[-1] == (
+        "ImportError: sandbox_client.QueueClient needs the redis package: "
+        "pip install 'sandboxd-client[queue]'"
     )
 
 

@@ -50,16 +50,20 @@ async def test_an_execution_is_one_trace_continuing_the_callers(
                 metadata=[("traceparent", traceparent)],
             )
     finished = {span.name: span for span in spans.get_finished_spans()}
+    rpc = finished["sandboxd.v1.SandboxService/Execute"]
+    assert rpc.context.trace_id == int(TRACE_ID, 16)
+    assert rpc.parent is not None and rpc.parent.span_id == int(PARENT_SPAN, 16)
     execution = finished["sandboxd.execution"]
     assert execution.context.trace_id == int(TRACE_ID, 16)
-    assert execution.parent is not None and execution.parent.span_id == int(PARENT_SPAN, 16)
+    assert execution.parent is not None and execution.parent.span_id == rpc.context.span_id
     assert execution.attributes is not None
-    assert execution.attributes["tenant.id"] == "acme"
-    assert execution.attributes["execution.outcome"] == "USER_ERROR"
-    assert execution.attributes["execution.failed_step"] == "second"
+    assert execution.attributes["sandboxd.tenant.id"] == "acme"
+    assert execution.attributes["sandboxd.execution.outcome"] == "USER_ERROR"
+    assert execution.attributes["sandboxd.execution.failed_step"] == "second"
     step_spans = [s for s in spans.get_finished_spans() if s.name == "sandboxd.step"]
-    assert [(s.attributes or {}).get("step.name") for s in step_spans] == ["first", "second"]
-    assert [(s.attributes or {}).get("step.outcome") for s in step_spans] == [
+    names = [(s.attributes or {}).get("sandboxd.step.name") for s in step_spans]
+    assert names == ["first", "second"]
+    assert [(s.attributes or {}).get("sandboxd.step.outcome") for s in step_spans] == [
         "SUCCEEDED",
         "USER_ERROR",
     ]

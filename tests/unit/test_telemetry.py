@@ -241,19 +241,19 @@ def test_a_successful_execution_makes_linked_spans_with_ids_outcome_and_usage(
     (lease,) = spans["sandboxd.lease"]
     fetch, shape = spans["sandboxd.step"]
 
-    assert execution.kind == SpanKind.SERVER
+    assert execution.kind == SpanKind.INTERNAL  # under the RPC's server span (rpc_telemetry)
     assert execution.parent is None
     assert execution.status.status_code == StatusCode.OK
     assert dict(execution.attributes or {}) == {
-        "tenant.id": "acme",
-        "execution.id": "exec-1",
-        "execution.attempt": 2,
-        "execution.step_count": 2,
-        "execution.outcome": "SUCCEEDED",
-        "execution.steps_completed": 2,
-        "usage.duration_us": 52_000,
-        "usage.cpu_time_us": 37_000,
-        "usage.peak_memory_bytes": 48 * 1024 * 1024,
+        "sandboxd.tenant.id": "acme",
+        "sandboxd.execution.id": "exec-1",
+        "sandboxd.execution.attempt": 2,
+        "sandboxd.execution.step_count": 2,
+        "sandboxd.execution.outcome": "SUCCEEDED",
+        "sandboxd.execution.steps_completed": 2,
+        "sandboxd.usage.duration": 0.052,
+        "sandboxd.usage.cpu_time": 0.037,
+        "sandboxd.usage.peak_memory": 48 * 1024 * 1024,
     }
     assert execution.end_time == base + 58 * MS
 
@@ -265,21 +265,21 @@ def test_a_successful_execution_makes_linked_spans_with_ids_outcome_and_usage(
         assert child.context is not None
         assert child.context.trace_id == execution_context.trace_id
 
-    assert dict(lease.attributes or {}) == {"lease.wait_s": 0.0025}
+    assert dict(lease.attributes or {}) == {}  # the span's duration is the wait
     assert (lease.start_time, lease.end_time) == (base + int(2.5 * MS), base + 5 * MS)
 
     assert dict(fetch.attributes or {}) == {
-        "step.name": "fetch",
-        "step.index": 0,
-        "step.outcome": "SUCCEEDED",
-        "step.result_bytes": 15,
-        "usage.duration_us": 20_000,
-        "usage.cpu_time_us": 12_000,
-        "usage.peak_memory_bytes": 40 * 1024 * 1024,
+        "sandboxd.step.name": "fetch",
+        "sandboxd.step.index": 0,
+        "sandboxd.step.outcome": "SUCCEEDED",
+        "sandboxd.step.result.size": 15,
+        "sandboxd.usage.duration": 0.020,
+        "sandboxd.usage.cpu_time": 0.012,
+        "sandboxd.usage.peak_memory": 40 * 1024 * 1024,
     }
     assert (fetch.start_time, fetch.end_time) == (base + 6 * MS, base + 26 * MS)
     assert fetch.status.status_code == StatusCode.OK
-    assert (shape.attributes or {})["step.name"] == "shape"
+    assert (shape.attributes or {})["sandboxd.step.name"] == "shape"
     assert (shape.start_time, shape.end_time) == (base + 27 * MS, base + 57 * MS)
     assert_no_secrets(recorded)
 
@@ -289,15 +289,15 @@ def test_a_successful_execution_is_counted_and_timed(recorded: Recorded) -> None
 
     executions = recorded.points("sandboxd.executions")
     assert {key: point.value for key, point in executions.items()} == {
-        frozenset({("execution.outcome", "SUCCEEDED"), ("tenant.id", "acme")}): 1
+        frozenset({("sandboxd.execution.outcome", "SUCCEEDED"), ("sandboxd.tenant.id", "acme")}): 1
     }
     (steps,) = recorded.points("sandboxd.step.duration").values()
-    assert steps.attributes == {"step.outcome": "SUCCEEDED"}
+    assert steps.attributes == {"sandboxd.step.outcome": "SUCCEEDED"}
     assert (steps.count, steps.sum) == (2, pytest.approx(0.050))  # the steps' own durations
     (lease,) = recorded.points("sandboxd.lease.wait").values()
     assert (lease.count, lease.sum) == (1, pytest.approx(0.0025))
     (duration,) = recorded.points("sandboxd.execution.duration").values()
-    assert duration.attributes == {"execution.outcome": "SUCCEEDED"}
+    assert duration.attributes == {"sandboxd.execution.outcome": "SUCCEEDED"}
     assert duration.count == 1
     assert duration.sum >= 0.058  # from the observer's start, before the lease, to the end
     assert recorded.metrics()["sandboxd.execution.duration"].unit == "s"
@@ -316,9 +316,9 @@ def test_a_user_error_marks_the_step_and_execution_without_its_message(
     assert shape.status.status_code == StatusCode.ERROR
     assert shape.status.description == "USER_ERROR"
     assert dict(shape.attributes or {}) == {
-        "step.name": "shape",
-        "step.index": 1,
-        "step.outcome": "USER_ERROR",
+        "sandboxd.step.name": "shape",
+        "sandboxd.step.index": 1,
+        "sandboxd.step.outcome": "USER_ERROR",
         "error.type": "USER_ERROR",
     }
     assert (shape.start_time, shape.end_time) == (base + 17 * MS, base + 40 * MS)
@@ -326,18 +326,18 @@ def test_a_user_error_marks_the_step_and_execution_without_its_message(
     assert execution.status.status_code == StatusCode.ERROR
     assert execution.status.description == "USER_ERROR"
     attributes = execution.attributes or {}
-    assert attributes["execution.outcome"] == "USER_ERROR"
+    assert attributes["sandboxd.execution.outcome"] == "USER_ERROR"
     assert attributes["error.type"] == "USER_ERROR"
-    assert attributes["execution.failed_step"] == "shape"
-    assert attributes["execution.steps_completed"] == 1
+    assert attributes["sandboxd.execution.failed_step"] == "shape"
+    assert attributes["sandboxd.execution.steps_completed"] == 1
 
     executions = recorded.points("sandboxd.executions")
     assert {key: point.value for key, point in executions.items()} == {
-        frozenset({("execution.outcome", "USER_ERROR"), ("tenant.id", "acme")}): 1
+        frozenset({("sandboxd.execution.outcome", "USER_ERROR"), ("sandboxd.tenant.id", "acme")}): 1
     }
     steps = recorded.points("sandboxd.step.duration")
-    assert steps[frozenset({("step.outcome", "SUCCEEDED")})].sum == pytest.approx(0.010)
-    assert steps[frozenset({("step.outcome", "USER_ERROR")})].sum == pytest.approx(0.023)
+    assert steps[frozenset({("sandboxd.step.outcome", "SUCCEEDED")})].sum == pytest.approx(0.010)
+    assert steps[frozenset({("sandboxd.step.outcome", "USER_ERROR")})].sum == pytest.approx(0.023)
     assert_no_secrets(recorded)
 
 
@@ -347,10 +347,8 @@ def test_outcomes_accumulate_per_outcome_and_tenant(recorded: Recorded) -> None:
     recorded.observe(make_plan("fetch", "shape"), failing_events(Stream(base_time())))
 
     executions = recorded.points("sandboxd.executions")
-    assert {dict(key)["execution.outcome"]: point.value for key, point in executions.items()} == {
-        "SUCCEEDED": 2,
-        "USER_ERROR": 1,
-    }
+    by_outcome = {dict(key)["sandboxd.execution.outcome"]: p.value for key, p in executions.items()}
+    assert by_outcome == {"SUCCEEDED": 2, "USER_ERROR": 1}
 
 
 def test_the_callers_trace_is_continued(recorded: Recorded) -> None:
@@ -406,12 +404,12 @@ def test_an_execution_cancelled_mid_step_ends_its_spans_as_cancelled(recorded: R
     spans = recorded.finished_spans()
     (execution,) = spans["sandboxd.execution"]
     (step,) = spans["sandboxd.step"]
-    assert (step.attributes or {})["step.outcome"] == "CANCELLED"
+    assert (step.attributes or {})["sandboxd.step.outcome"] == "CANCELLED"
     assert step.status.description == "CANCELLED"
-    assert (execution.attributes or {})["execution.outcome"] == "CANCELLED"
+    assert (execution.attributes or {})["sandboxd.execution.outcome"] == "CANCELLED"
     assert (execution.attributes or {})["exception.type"] == "CancelledError"
     executions = recorded.points("sandboxd.executions")
-    assert [dict(key)["execution.outcome"] for key in executions] == ["CANCELLED"]
+    assert [dict(key)["sandboxd.execution.outcome"] for key in executions] == ["CANCELLED"]
 
 
 def test_a_refused_execution_is_recorded_with_its_error_kind(recorded: Recorded) -> None:
@@ -422,7 +420,7 @@ def test_a_refused_execution_is_recorded_with_its_error_kind(recorded: Recorded)
         raise QuotaExceeded("acme", "tenant 'acme' is full", 1.0)
 
     (execution,) = recorded.finished_spans()["sandboxd.execution"]
-    assert (execution.attributes or {})["execution.outcome"] == "QUOTA_EXCEEDED"
+    assert (execution.attributes or {})["sandboxd.execution.outcome"] == "QUOTA_EXCEEDED"
     assert execution.status.description == "QUOTA_EXCEEDED"
     assert "sandboxd.lease" not in recorded.finished_spans()
 
@@ -465,7 +463,7 @@ async def test_tenant_gauges_follow_admission(recorded: Recorded) -> None:
 
     def gauge(name: str) -> dict[str, float]:
         points = recorded.metrics()[f"sandboxd.tenant.{name}"].data.data_points
-        return {str((p.attributes or {})["tenant.id"]): number(p) for p in points}
+        return {str((p.attributes or {})["sandboxd.tenant.id"]): number(p) for p in points}
 
     release = asyncio.Event()
 
@@ -591,10 +589,10 @@ def test_queue_gauges_follow_the_last_depth_read(recorded: Recorded) -> None:
         dead=1,
         tenants_waiting=3,
     )
-    tenant = frozenset({("tenant.id", "acme")})
+    tenant = frozenset({("sandboxd.tenant.id", "acme")})
     assert number(recorded.points("sandboxd.queue.waiting")[tenant]) == 7
     # The tenants beyond the top ones (here: 2 tenants, 3 executions) are one series.
-    others = frozenset({("tenant.id", "other")})
+    others = frozenset({("sandboxd.tenant.id", "other")})
     assert number(recorded.points("sandboxd.queue.waiting")[others]) == 3
     assert others not in recorded.points("sandboxd.queue.oldest_age")
     assert number(recorded.points("sandboxd.queue.oldest_age")[tenant]) == 3.5

@@ -23,7 +23,11 @@ export async function startDaemon(): Promise<Daemon> {
   const child = spawn(
     program,
     ["serve", "--listen", "127.0.0.1:0", "--pool-size", "2", "--config", settings],
-    { stdio: ["ignore", "pipe", "inherit"] },
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+      // Jails of this daemon run as host uids from here on (other test daemons use other ranges).
+      env: { ...process.env, SANDBOXD_UID_BASE: "530000", SANDBOXD_POOL_MAX: "8" },
+    },
   );
   const lines = createInterface({ input: child.stdout! });
   const [first] = await Promise.race([
