@@ -135,6 +135,7 @@ async def point(
                 await raw.config_set("appendonly", "yes")
                 await raw.config_set("appendfsync", "everysec")
             await raw.config_set("slowlog-log-slower-than", 1000)
+            await raw.config_set("slowlog-max-len", 1_000_000)
             async with fleet(server.url, workers, slots) as processes:
                 for process in processes:
                     os.kill(process.pid, signal.SIGSTOP)

@@ -96,23 +96,24 @@ local function release(job, tenant, id, delivery)
 end
 
 -- Event entries have ids ATTEMPT-SEQ, so a replayed append (its reply was lost with the
--- connection) finds its id already stored and adds nothing.
-local function add_event(stream, id, field, value, retention)
-  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
-  local stored = false
-  if last then
-    local a, b = string.match(last[1], '^(%d+)-(%d+)$$')
-    local c, d = string.match(id, '^(%d+)-(%d+)$$')
-    a, b, c, d = tonumber(a), tonumber(b), tonumber(c), tonumber(d)
-    stored = a > c or (a == c and b >= d)
-  end
-  if not stored then redis.call('XADD', stream, id, field, value) end
-  redis.call('PEXPIRE', stream, retention)
-end
-
--- Events given as ARGV triples (entry id, field, value) from position `first`.
+-- connection) finds its ids already stored and adds nothing. Events come as ARGV triples
+-- (entry id, field, value) from position `first`; the stream's last id is read once.
 local function add_events(stream, first, retention)
-  for i = first, #ARGV, 3 do add_event(stream, ARGV[i], ARGV[i + 1], ARGV[i + 2], retention) end
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
+  local a, b = -1, -1
+  if last then
+    a, b = string.match(last[1], '^(%d+)-(%d+)$$')
+    a, b = tonumber(a), tonumber(b)
+  end
+  for i = first, #ARGV, 3 do
+    local c, d = string.match(ARGV[i], '^(%d+)-(%d+)$$')
+    c, d = tonumber(c), tonumber(d)
+    if c > a or (c == a and d > b) then
+      redis.call('XADD', stream, ARGV[i], ARGV[i + 1], ARGV[i + 2])
+      a, b = c, d
+    end
+  end
+  redis.call('PEXPIRE', stream, retention)
 end
 """
 

@@ -205,3 +205,22 @@ async def test_tenant_ids_cannot_collide_with_the_queues_keys(
     depth = await store.depth(100)
     assert (depth.tenants, depth.waiting, depth.running) == ({}, 0, 0)
     assert await raw.keys(keys.TENANT_PREFIX + "*") == []
+
+
+async def test_a_replayed_append_stores_each_event_once(
+    store: QueueStore, raw: redis.Redis
+) -> None:
+    await enqueue(store, "acme", "x")
+    (entry,) = await take(store, "w", 1)
+    first = [("1-0", keys.EVENT_INLINE, b"a"), ("1-1", keys.EVENT_INLINE, b"b")]
+    await store.append(entry, "w", first, RETENTION_MS)
+    await store.append(entry, "w", first, RETENTION_MS)  # its reply was lost: sent again
+    await store.append(entry, "w", [first[1], ("1-2", keys.EVENT_INLINE, b"c")], RETENTION_MS)
+    await store.finish(entry, "w", final(3), RETENTION_MS, state=keys.SUCCEEDED)
+    stored = await raw.xrange(keys.events("x"))
+    assert [(id, fields[b"e"]) for id, fields in stored] == [
+        (b"1-0", b"a"),
+        (b"1-1", b"b"),
+        (b"1-2", b"c"),
+        (b"1-3", b"last"),
+    ]
