@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import cast
 
 import pytest
 import redis.asyncio as redis
@@ -217,7 +218,7 @@ async def test_a_replayed_append_stores_each_event_once(
     await store.append(entry, "w", first, RETENTION_MS)  # its reply was lost: sent again
     await store.append(entry, "w", [first[1], ("1-2", keys.EVENT_INLINE, b"c")], RETENTION_MS)
     await store.finish(entry, "w", final(3), RETENTION_MS, state=keys.SUCCEEDED)
-    stored = await raw.xrange(keys.events("x"))
+    stored = cast(list[tuple[bytes, dict[bytes, bytes]]], await raw.xrange(keys.events("x")))
     assert [(id, fields[b"e"]) for id, fields in stored] == [
         (b"1-0", b"a"),
         (b"1-1", b"b"),
