@@ -9,9 +9,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from sandboxd.egress import AddressPolicy, EgressPolicy
+from sandboxd.exporters import EXPORTERS
 from sandboxd.limits import CONTEXT_BYTES, REQUEST_LIMIT_CEILINGS, Limits, minimum_of
 from sandboxd.listen import check_transport
-from sandboxd.telemetry import EXPORTERS
 from sandboxd.tenants import TenantLimits, TenantPolicy
 
 ENV_PREFIX = "SANDBOXD_"

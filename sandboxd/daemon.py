@@ -25,6 +25,7 @@ from sandboxd.config import ConfigError, Settings
 from sandboxd.decoding import add_service
 from sandboxd.egress import EgressProxy
 from sandboxd.executions import EgressGateway, Executor
+from sandboxd.exporters import ExporterKind
 from sandboxd.jail import cgroups
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.listen import (
@@ -37,7 +38,7 @@ from sandboxd.pool import JailPool
 from sandboxd.queue.store import QueueDepth
 from sandboxd.queue.worker import QueueOptions, QueueWorker, default_worker_id
 from sandboxd.server import SandboxService
-from sandboxd.telemetry import ExporterKind, Telemetry
+from sandboxd.telemetry import Telemetry
 from sandboxd.tenants import Admission
 from sandboxd.tls import CertificateFiles
 

@@ -22,7 +22,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.context import Context
@@ -46,6 +46,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import __version__
 from sandboxd.egress.records import ConnectionRecord
+from sandboxd.exporters import ExporterKind
 from sandboxd.kinds import SUCCEEDED, ending_outcome, kind_name, outcome_name
 from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan
@@ -56,8 +57,6 @@ from sandboxd.tenants import Admission, TenantLoad
 TENANT = "sandboxd.tenant.id"
 OUTCOME = "sandboxd.execution.outcome"
 
-ExporterKind = Literal["none", "console", "otlp"]
-EXPORTERS: tuple[str, ...] = get_args(ExporterKind)
 
 _SHORT_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _LONG_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
