@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as redis
 
 from sandboxd.queue.store import QueueStore
+from tests.integration.conftest import queue  # noqa: F401 (a fixture: a QueueClient)
 from tests.redis_server import RedisServer
 
 
@@ -22,9 +23,9 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
 
 @pytest.fixture
 async def store(redis_server: RedisServer) -> AsyncIterator[QueueStore]:
-    queue = QueueStore(redis_server.url, max_connections=16)
-    yield queue
-    await queue.close()
+    opened = QueueStore(redis_server.url, max_connections=16)
+    yield opened
+    await opened.close()
 
 
 @pytest.fixture

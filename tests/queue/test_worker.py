@@ -29,12 +29,6 @@ StartWorker = Callable[[FakeRunner], Awaitable[QueueWorker]]
 
 
 @pytest.fixture
-async def queue(redis_server: RedisServer) -> AsyncIterator[QueueClient]:
-    async with QueueClient(redis_server.url) as client:
-        yield client
-
-
-@pytest.fixture
 async def start_worker(redis_server: RedisServer) -> AsyncIterator[StartWorker]:
     workers: list[QueueWorker] = []
 
