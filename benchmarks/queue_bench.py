@@ -3,11 +3,11 @@
     python -m benchmarks.queue_bench [--executions 300] [--latency-samples 100]
 
 Starts its own redis-server (loopback, no persistence) and worker processes
-(``python -m sandboxd.queue``), each a daemon with its own pool of real jails, and prints JSON.
+(``sandboxd worker``), each a daemon with its own pool of real jails, and prints JSON.
 Throughput: executions of a trivial step from 4 tenants, all enqueued at once, divided by the time
 from the first enqueue to the last result. Latency: one execution at a time on an idle worker,
 from the call to enqueue until its first event (ExecutionStarted) can be read, and until its
-result.
+result. The queue's own ceiling, without jails: benchmarks/queue_ceiling.py.
 """
 
 from __future__ import annotations
