@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import prctl
+import psutil
 
 from tests.deploy.ecs_files import INSTANCE_SECCOMP, environment
 
@@ -75,6 +76,10 @@ class Engine:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(timeout=60)
+        # dockerd leaves its default netns bound under the exec root.
+        for part in psutil.disk_partitions(all=True):
+            if part.mountpoint.startswith(f"{self.root}/"):
+                subprocess.run(["umount", "--lazy", part.mountpoint], check=False)
 
     def docker(
         self, *args: str, check: bool = True, timeout: float = 600

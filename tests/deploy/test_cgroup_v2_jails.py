@@ -21,6 +21,8 @@ from tests.conftest import DaemonProcess, start_daemon
 
 MiB = 1024 * 1024
 CPU_QUOTA = 0.25  # cores per jail: a busy step gets a quarter of the wall time as cpu
+# The VM may run without KVM (emulated, many times slower): time limits far above the outcomes'.
+SLOW = Limits(timeout_ms=120_000)
 
 pytestmark = pytest.mark.skipif(
     detect() != "v2", reason="cgroup v2 only: scripts/test-vm runs it in a VM"
@@ -44,7 +46,8 @@ async def client(v2_daemon: DaemonProcess) -> AsyncIterator[SandboxClient]:
 async def test_a_step_past_its_memory_limit_is_memory_limit(client: SandboxClient) -> None:
     balloon = Step(
         "balloon",
-        "module.exports = async () => { const a = []; for (;;) a.push(Buffer.alloc(1 << 20, 1)) }",
+        "module.exports = async () => { const a = []; for (;;) a.push(Buffer.alloc(8 << 20, 1)) }",
+        SLOW,
     )
     with pytest.raises(SandboxError) as failed:
         await client.run(tenant_id="t", steps=[balloon], limits=Limits(memory_bytes=96 * MiB))
@@ -61,8 +64,9 @@ async def test_a_step_past_its_pids_limit_gets_eagain(client: SandboxClient) -> 
             const child = cp.spawn(process.execPath, ['-e', 'setTimeout(() => {}, 3000)']);
             child.on('error', (e) => done(e.code));
           }
-          setTimeout(() => done('all spawned'), 2500);
+          setTimeout(() => done('all spawned'), 60000);
         })""",
+        SLOW,
     )
     result = await client.run(tenant_id="t", steps=[spawner], limits=Limits(pids=24))
     assert result == "EAGAIN"
