@@ -30,39 +30,20 @@ import socket
 import struct
 import sys
 import time
-from dataclasses import asdict
 from typing import Any
 
 import prctl
 
 from sandboxd.jail import ids, launch, net
 from sandboxd.jail.errors import JailStartError, SetupError
-from sandboxd.jail.spec import JailLimits, JailSpec
+from sandboxd.jail.protocol import MAX_MESSAGE, spec_from_json
+from sandboxd.jail.spec import JailSpec
 
-MAX_MESSAGE = 64 * 1024
 START_TIMEOUT_S = 10.0
 _FIRST_PIPE_FD = 10
 # Megabyte payloads cross the channel in fewer, larger reads than through 64 KiB pipes; the pages
 # are only allocated while data is in flight.
 _CHANNEL_PIPE_BYTES = 1024 * 1024
-
-
-def spec_to_json(spec: JailSpec) -> dict[str, Any]:
-    return asdict(spec)
-
-
-def spec_from_json(data: dict[str, Any]) -> JailSpec:
-    return JailSpec(
-        jail_id=data["jail_id"],
-        rootfs=data["rootfs"],
-        host_uid=data["host_uid"],
-        host_gid=data["host_gid"],
-        limits=JailLimits(**data["limits"]),
-        cgroup_procs=tuple(data["cgroup_procs"]),
-        hostname=data["hostname"],
-        argv=tuple(data["argv"]),
-        env=tuple((key, value) for key, value in data["env"]),
-    )
 
 
 class Spawned:

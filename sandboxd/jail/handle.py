@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sandboxd.jail.errors import JailError, JailStartError
-from sandboxd.jail.forkserver import MAX_MESSAGE, spec_to_json
+from sandboxd.jail.protocol import MAX_MESSAGE, spec_to_json
 from sandboxd.jail.spec import JailSpec
 
 # The descriptors of a "spawned" message, in this order.
