@@ -112,10 +112,11 @@ def _bring_up(
     if _read(to_server, 1, deadline) != b"u":
         raise JailStartError(_child_error(errors, deadline))
     ids.write_id_maps(keeper, spec.host_uid, spec.host_gid)
-    os.write(from_server, b"g")
-    # The keeper goes on meanwhile. Nothing in the jail uses the network before the daemon holds
-    # the jail, which is after this function returned.
+    # Before the keeper goes on: once it takes the jail's ids it is no longer dumpable, and only
+    # a process with CAP_SYS_PTRACE (which a container's fork server lacks) may then open its
+    # namespaces.
     proxy = net.set_up_jail_network(keeper, own_netns)
+    os.write(from_server, b"g")
     try:
         init_pid, pidfd = _wait_for_runner(to_server, from_server, errors, deadline)
     except BaseException:

@@ -77,6 +77,7 @@ class JailLauncher:
         self._spawning: dict[str, asyncio.Future[tuple[int, list[int]]]] = {}
         self._exits: dict[str, asyncio.Future[int]] = {}
         self._closed = False
+        self._send_lock = asyncio.Lock()
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
     @classmethod
@@ -107,7 +108,10 @@ class JailLauncher:
         request = {"op": "spawn", "id": spec.jail_id, "spec": spec_to_json(spec)}
         try:
             # A SOCK_SEQPACKET message goes whole or not at all: if this fails, no jail starts.
-            await loop.sock_sendall(self._sock, json.dumps(request).encode())
+            # One sender at a time: asyncio keeps one writer callback per socket, so a second
+            # sock_sendall waiting on a full socket would silently replace the first one's.
+            async with self._send_lock:
+                await loop.sock_sendall(self._sock, json.dumps(request).encode())
         except BaseException:
             self._spawning.pop(spec.jail_id, None)
             self._exits.pop(spec.jail_id, None)
