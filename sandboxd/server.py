@@ -122,6 +122,11 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
             )
             async for event in events:
                 yield event
+                if _failed_inside(event):
+                    # The events say INTERNAL; so does the RPC's status (the details are logged).
+                    message = event.execution_finished.error_message
+                    internal = Refusal(grpc.StatusCode.INTERNAL, pb.ERROR_KIND_INTERNAL, message)
+                    await refuse(context, internal)
         except QuotaExceeded as exc:
             await refuse(
                 context,
@@ -315,6 +320,12 @@ async def _chunked_input(
             break
     # Joining megabytes releases the GIL: in a thread, the event loop goes on meanwhile.
     return await asyncio.to_thread(upload.value)
+
+
+def _failed_inside(event: pb.ExecutionEvent) -> bool:
+    """Whether `event` ends an execution that failed of the daemon's own fault."""
+    finished = event.execution_finished
+    return event.HasField("execution_finished") and finished.error_kind == pb.ERROR_KIND_INTERNAL
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
