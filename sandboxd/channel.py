@@ -56,8 +56,13 @@ class Frame:
 
 def encode(header: dict[str, Any], body: bytes = b"") -> bytes:
     """One frame as bytes, ready to write."""
+    return encode_head(header, len(body)) + body
+
+
+def encode_head(header: dict[str, Any], body_len: int) -> bytes:
+    """A frame's prefix and header, for a body of `body_len` bytes written after them."""
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
-    return _PREFIX.pack(len(raw), len(body)) + raw + body
+    return _PREFIX.pack(len(raw), body_len) + raw
 
 
 class EndInsideFrame(ProtocolError):
@@ -134,7 +139,10 @@ class RunnerChannel:
     async def send(self, header: dict[str, Any], body: bytes, timeout_s: float) -> None:
         """Write a frame; TimeoutError when the runner has not taken it within `timeout_s`:
         a runner that stops reading holds up no one but its own execution."""
-        self._work.write(encode(header, body))
+        # Head and body apart: joining them would copy a payload of up to 64 MiB on the loop.
+        self._work.write(encode_head(header, len(body)))
+        if body:
+            self._work.write(body)
         async with asyncio.timeout(max(0.0, timeout_s)):
             await self._work.drain()
 
