@@ -89,6 +89,27 @@ local function claim_state(job, id, consumer, delivery)
   return 'lost'
 end
 
+-- Count the attempt of `delivery`, once: a replay returns the same attempt. Records, until the
+-- attempt reports otherwise, that its worker stopped (what a takeover means). Returns {status,
+-- attempt, request, last_kind, last_error}: begun; large (begun, but the request is over `inline`
+-- bytes: ask BEGIN for it); exhausted (every attempt used, nothing counted).
+local function begin_attempt(job, consumer, delivery, max_attempts, retention, inline)
+  local found = redis.call('HMGET', job, '$ATTEMPTS', '$LAST_KIND', '$LAST_ERROR', '$BEGUN')
+  local attempt = tonumber(found[1])
+  if found[4] ~= tostring(delivery) then
+    if attempt >= max_attempts then
+      return {'exhausted', 0, '', found[2] or '', found[3] or ''}
+    end
+    attempt = redis.call('HINCRBY', job, '$ATTEMPTS', 1)
+    redis.call('HSET', job, '$BEGUN', delivery, '$STATE', '$RUNNING', '$WORKER', consumer,
+               '$STARTED_MS', now_ms(), '$LAST_KIND', 'CRASHED',
+               '$LAST_ERROR', 'worker ' .. consumer .. ' stopped during attempt ' .. attempt)
+    redis.call('PEXPIRE', job, retention)
+  end
+  if redis.call('HSTRLEN', job, '$REQUEST') > inline then return {'large', attempt, '', '', ''} end
+  return {'begun', attempt, redis.call('HGET', job, '$REQUEST') or '', '', ''}
+end
+
 local function release(job, tenant, id, delivery)
   redis.call('ZREM', '$CLAIMS', id)
   redis.call('HSET', job, '$RELEASED', delivery)
@@ -136,14 +157,22 @@ end
 return 1
 """
 
-# ARGV: consumer, wanted, visibility_ms, promote_limit. In one call: due delayed executions join
-# their tenants' lists (up to promote_limit); executions whose holder stopped renewing its claim
-# are taken over; then new ones, one per tenant in ring order, up to `wanted` in all. Returns
-# {{{tenant, id, delivery}, ...}, ms until the next delayed execution is due or -1}.
+# ARGV: consumer, wanted, visibility_ms, promote_limit, max_attempts, retention_ms,
+# inline_bytes. In one call: due delayed executions join their tenants' lists (up to
+# promote_limit); executions whose holder stopped renewing its claim are taken over; then new
+# ones, one per tenant in ring order, up to `wanted` in all; each taken one begins its attempt
+# (as BEGIN). Returns {{{tenant, id, delivery, status, attempt, request, last_kind, last_error},
+# ...}, ms until the next delayed execution is due or -1}.
 TAKE = """
 local consumer, wanted = ARGV[1], tonumber(ARGV[2])
 local now = now_ms()
 local deadline = now + tonumber(ARGV[3])
+local max_attempts, retention, inline = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7])
+local function taking(job, tenant, id)
+  local delivery = deliver(job, id, consumer, deadline)
+  local begun = begin_attempt(job, consumer, delivery, max_attempts, retention, inline)
+  return {tenant, id, delivery, unpack(begun)}
+end
 local due = redis.call('ZRANGE', '$DELAYED', '-inf', now, 'BYSCORE', 'LIMIT', 0, ARGV[4])
 for _, id in ipairs(due) do
   redis.call('ZREM', '$DELAYED', id)
@@ -155,7 +184,7 @@ for _, id in ipairs(redis.call('ZRANGE', '$CLAIMS', '-inf', now, 'BYSCORE', 'LIM
   local job = job_key(id)
   local tenant = redis.call('HGET', job, '$TENANT')
   if tenant then
-    taken[#taken + 1] = {tenant, id, deliver(job, id, consumer, deadline)}
+    taken[#taken + 1] = taking(job, tenant, id)
   else
     redis.call('ZREM', '$CLAIMS', id)
   end
@@ -169,7 +198,7 @@ while #taken < wanted and budget > 0 do
   local job = id and job_key(id)
   if id and redis.call('EXISTS', job) == 1 then
     count_running(tenant, 1)
-    taken[#taken + 1] = {tenant, id, deliver(job, id, consumer, deadline)}
+    taken[#taken + 1] = taking(job, tenant, id)
   end
 end
 if redis.call('LLEN', '$RING') > 0 then wake() end
@@ -192,11 +221,10 @@ end
 return states
 """
 
-# ARGV: tenant, id, consumer, delivery, max_attempts, retention_ms. Counts the attempt that starts
-# now, once per delivery (a replay returns the same attempt), and records, until the attempt
-# reports otherwise, that its worker stopped (what a takeover means). Returns {status, attempt,
-# request, last_kind, last_error}: status begun; exhausted (every attempt used, nothing counted);
-# lost (the claim); gone (the record expired: the claim is dropped).
+# ARGV: tenant, id, consumer, delivery, max_attempts, retention_ms. What TAKE did for the
+# delivery (begin_attempt), with the request whatever its size: for a large request, and for a
+# call replayed after a lost reply. Returns {status, attempt, request, last_kind, last_error}:
+# begun; exhausted; lost (the claim); gone (the record expired: the claim is dropped).
 BEGIN = """
 local tenant, id, consumer, delivery = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local job = job_key(id)
@@ -205,18 +233,7 @@ if redis.call('EXISTS', job) == 0 then
   return {'gone', 0, '', '', ''}
 end
 if claim_state(job, id, consumer, delivery) ~= 'held' then return {'lost', 0, '', '', ''} end
-local found = redis.call('HMGET', job, '$REQUEST', '$ATTEMPTS', '$LAST_KIND', '$LAST_ERROR',
-                         '$BEGUN')
-if found[5] == delivery then return {'begun', tonumber(found[2]), found[1], '', ''} end
-if tonumber(found[2]) >= tonumber(ARGV[5]) then
-  return {'exhausted', 0, '', found[3] or '', found[4] or ''}
-end
-local attempt = redis.call('HINCRBY', job, '$ATTEMPTS', 1)
-redis.call('HSET', job, '$BEGUN', delivery, '$STATE', '$RUNNING', '$WORKER', consumer,
-           '$STARTED_MS', now_ms(), '$LAST_KIND', 'CRASHED',
-           '$LAST_ERROR', 'worker ' .. consumer .. ' stopped during attempt ' .. attempt)
-redis.call('PEXPIRE', job, ARGV[6])
-return {'begun', attempt, found[1], '', ''}
+return begin_attempt(job, consumer, delivery, tonumber(ARGV[5]), ARGV[6], math.huge)
 """
 
 # KEYS: events, job. ARGV: id, consumer, delivery, retention_ms, then event triples (entry id,

@@ -43,6 +43,15 @@ class Begun:
 
 
 @dataclass(frozen=True, slots=True)
+class Taken:
+    """A taken execution and its attempt, begun by TAKE; `begun` is None when the request was
+    too large to come with it (BEGIN returns it)."""
+
+    entry: Entry
+    begun: Begun | None
+
+
+@dataclass(frozen=True, slots=True)
 class TenantDepth:
     """One tenant's backlog: the signal an autoscaler uses."""
 
@@ -90,6 +99,9 @@ _RETRIES = 3
 TAKE_BATCH = 16
 _PROMOTE_LIMIT = 16
 _HOLD_BATCH = 32
+# Requests up to this size come with TAKE's reply (at most TAKE_BATCH of them); larger ones are
+# read by BEGIN, one at a time.
+_INLINE_REQUEST_BYTES = 64 * 1024
 # What a lost or restarting Redis raises (BusyLoadingError, while it loads its data, is a
 # ConnectionError; so is a primary that Sentinel demoted): the callers retry with backoff.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -106,6 +118,11 @@ _StreamEntry: TypeAlias = tuple[bytes, dict[bytes, bytes]]
 def _stream_entries(reply: Any) -> list[_StreamEntry]:
     """The entries of an XREAD reply on one stream (redis-py's RESP2 shape)."""
     return [entry for _stream, entries in cast(list[Any], reply) for entry in entries]
+
+
+def _begun(attempt: int, request: bytes, kind: bytes, error: bytes) -> Begun:
+    """BEGIN's or TAKE's account of an attempt that begins (attempt 0: none is left)."""
+    return Begun(int(attempt), request, Failure(kind.decode(), error.decode()))
 
 
 def _claim_args(entry: Entry, consumer: str) -> list[Value]:
@@ -200,17 +217,21 @@ class QueueStore:
     # -- worker: taking --------------------------------------------------------------------
 
     async def take(
-        self, consumer: str, wanted: int, visibility_ms: int
-    ) -> tuple[list[Entry], float | None]:
+        self, consumer: str, wanted: int, visibility_ms: int, max_attempts: int, retention_ms: int
+    ) -> tuple[list[Taken], float | None]:
         """Up to `wanted` executions, at most TAKE_BATCH (taken over first, then new ones
-        round-robin over the tenants), claimed for `visibility_ms`; and seconds until the next
-        delayed one is due."""
+        round-robin over the tenants), claimed for `visibility_ms`, their attempts begun; and
+        seconds until the next delayed one is due."""
         wanted = min(wanted, TAKE_BATCH)
-        taken, due_ms = await self._take(args=[consumer, wanted, visibility_ms, _PROMOTE_LIMIT])
-        entries = [
-            Entry(tenant.decode(), id.decode(), int(delivery)) for tenant, id, delivery in taken
-        ]
-        return entries, None if due_ms < 0 else int(due_ms) / 1000
+        args: list[Value] = [consumer, wanted, visibility_ms, _PROMOTE_LIMIT, max_attempts]
+        taken, due_ms = await self._take(args=[*args, retention_ms, _INLINE_REQUEST_BYTES])
+        return [
+            Taken(
+                Entry(tenant.decode(), id.decode(), int(delivery)),
+                None if begun[0] == b"large" else _begun(*begun[1:]),
+            )
+            for tenant, id, delivery, *begun in taken
+        ], None if due_ms < 0 else int(due_ms) / 1000
 
     async def hold(self, consumer: str, entries: list[Entry], visibility_ms: int) -> list[Entry]:
         """Renew the claims on `entries`; those taken over (not those this consumer finished)."""
@@ -233,19 +254,15 @@ class QueueStore:
     async def begin(
         self, entry: Entry, consumer: str, max_attempts: int, retention_ms: int
     ) -> Begun | None:
-        """Count the attempt that starts now, once per delivery; None when the record expired.
-
-        Raises ClaimLost.
-        """
+        """The attempt of this delivery (counted by TAKE, or now) with the request; None when
+        the record expired. Raises ClaimLost."""
         args: list[Value] = [entry.tenant_id, *_claim_args(entry, consumer)]
-        status, attempt, request, last_kind, last_error = await self._begin(
-            args=[*args, max_attempts, retention_ms]
-        )
-        if status == b"lost":
+        reply = await self._begin(args=[*args, max_attempts, retention_ms])
+        if reply[0] == b"lost":
             raise ClaimLost(entry.execution_id)
-        if status == b"gone":
+        if reply[0] == b"gone":
             return None
-        return Begun(int(attempt), request, Failure(last_kind.decode(), last_error.decode()))
+        return _begun(*reply[1:])
 
     async def put_blob(self, key: str, data: bytes, retention_ms: int) -> None:
         await self._redis.set(key, data, px=retention_ms)

@@ -44,6 +44,7 @@ from sandboxd.queue.store import (
     QueueDepth,
     QueueStore,
     StoredEvent,
+    Taken,
 )
 from sandboxd.requests import ExecutionPlan, InvalidRequest, plan_execution
 from sandboxd.tenants import AdmissionError, QuotaExceeded
@@ -222,12 +223,16 @@ class QueueWorker:
                 async with asyncio.timeout(self._idle_timeout(None)):
                     await self._slot_freed.wait()
             return
-        entries, next_due_s = await self._store.take(
-            self.consumer, wanted, self.options.visibility_ms
+        taken, next_due_s = await self._store.take(
+            self.consumer,
+            wanted,
+            self.options.visibility_ms,
+            self.options.max_attempts,
+            self._retention_ms,
         )
-        self._launch(entries)
-        if len(entries) < wanted:  # nothing more waits: sleep until woken
-            self.idle_takes += not entries
+        self._launch(taken)
+        if len(taken) < wanted:  # nothing more waits: sleep until woken
+            self.idle_takes += not taken
             if await self._store.wait_for_work(self._idle_timeout(next_due_s)):
                 self.wakeups += 1
 
@@ -239,10 +244,10 @@ class QueueWorker:
             timeout = min(timeout, next_due_s)
         return max(0.01, timeout * random.uniform(1.0, 1.1))
 
-    def _launch(self, entries: list[Entry]) -> None:
-        for entry in entries:
-            task = asyncio.create_task(self._process(entry))
-            self._running[entry] = task
+    def _launch(self, taken: list[Taken]) -> None:
+        for one in taken:
+            task = asyncio.create_task(self._process(one.entry, one.begun))
+            self._running[one.entry] = task
             self.taken += 1
 
     async def _hold_loop(self) -> None:
@@ -268,9 +273,9 @@ class QueueWorker:
 
     # -- running one entry -----------------------------------------------------------------
 
-    async def _process(self, entry: Entry) -> None:
+    async def _process(self, entry: Entry, begun: Begun | None) -> None:
         try:
-            await self._attempt(entry)
+            await self._attempt(entry, begun)
         except ClaimLost:
             log.warning("queue: execution %s was taken over by another worker", entry.execution_id)
         except asyncio.CancelledError:
@@ -291,14 +296,17 @@ class QueueWorker:
         with contextlib.suppress(ClaimLost, *REDIS_DOWN):
             await self._store.retry(entry, self.consumer, failure, 0, refund=False)
 
-    async def _attempt(self, entry: Entry) -> None:
-        begun = await self._redo(
-            self._store.begin,
-            entry,
-            self.consumer,
-            self.options.max_attempts,
-            self._retention_ms,
-        )
+    async def _attempt(self, entry: Entry, begun: Begun | None) -> None:
+        """Run the attempt TAKE began; `begun` is None when its request was too large to come
+        with TAKE (BEGIN returns it, and the same attempt)."""
+        if begun is None:
+            begun = await self._redo(
+                self._store.begin,
+                entry,
+                self.consumer,
+                self.options.max_attempts,
+                self._retention_ms,
+            )
         if begun is None:
             log.warning("queue: execution %s expired before it ran", entry.execution_id)
         elif begun.attempt == 0:

@@ -60,14 +60,14 @@ async def test_scripts_stay_under_a_millisecond_with_100000_tenants(
 
     taken = []
     for _ in range(200):  # one at a time, as a busy fleet takes
-        entries, _due = await store.take("w1", 1, 30_000)
-        taken += entries
-    entries, _due = await store.take("w1", 64, 30_000)  # a large batch: TAKE_BATCH
-    taken += entries
+        entries, _due = await store.take("w1", 1, 30_000, 3, RETENTION_MS)
+        taken += [one.entry for one in entries]
+    entries, _due = await store.take("w1", 64, 30_000, 3, RETENTION_MS)  # TAKE_BATCH
+    taken += [one.entry for one in entries]
     calls["TAKE"] += 201
     assert len({entry.tenant_id for entry in taken}) == 216  # round robin: all different
     for entry in taken[:100]:
-        await store.begin(entry, "w1", 3, RETENTION_MS)
+        await store.begin(entry, "w1", 3, RETENTION_MS)  # as for a large request
         event = ("1-0", keys.EVENT_INLINE, b"x" * 200)
         await store.append(entry, "w1", [event], RETENTION_MS)
         await store.finish(entry, "w1", [("1-1", keys.EVENT_INLINE, b"y")], RETENTION_MS,
@@ -81,7 +81,7 @@ async def test_scripts_stay_under_a_millisecond_with_100000_tenants(
     assert await store.hold("w1", taken[150:], 1) == []  # due in 1 ms: w2 takes them over
     calls["HOLD"] += 33
     await asyncio.sleep(0.05)
-    over, _due = await store.take("w2", 64, 30_000)
+    over, _due = await store.take("w2", 64, 30_000, 3, RETENTION_MS)
     assert len(over) == TAKE_BATCH
     calls["TAKE"] += 1
     for n in range(100):

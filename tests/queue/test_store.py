@@ -9,7 +9,15 @@ import pytest
 import redis.asyncio as redis
 
 from sandboxd.queue import keys
-from sandboxd.queue.store import ClaimLost, DeadLetter, Entry, Failure, QueueStore, StoredEvent
+from sandboxd.queue.store import (
+    Begun,
+    ClaimLost,
+    DeadLetter,
+    Entry,
+    Failure,
+    QueueStore,
+    StoredEvent,
+)
 
 RETENTION_MS = 60_000
 VISIBILITY_MS = 30_000
@@ -22,8 +30,8 @@ async def enqueue(store: QueueStore, tenant: str, execution_id: str, run_at_ms: 
 async def take(
     store: QueueStore, consumer: str, wanted: int, visibility_ms: int = VISIBILITY_MS
 ) -> list[Entry]:
-    entries, _due = await store.take(consumer, wanted, visibility_ms)
-    return entries
+    taken, _due = await store.take(consumer, wanted, visibility_ms, 3, RETENTION_MS)
+    return [one.entry for one in taken]
 
 
 def final(seq: int, attempt: int = 1) -> list[StoredEvent]:
@@ -116,15 +124,15 @@ async def test_retry_with_a_delay_waits_in_the_delayed_set(store: QueueStore) ->
     (entry,) = await take(store, "w", 1)
     await store.begin(entry, "w", 3, RETENTION_MS)
     await store.retry(entry, "w", Failure("CRASHED", "boom"), 200, refund=False)
-    entries, due_s = await store.take("w", 1, VISIBILITY_MS)
+    entries, due_s = await store.take("w", 1, VISIBILITY_MS, 3, RETENTION_MS)
     assert entries == [] and due_s is not None and 0.1 < due_s <= 0.2
     assert (await store.depth(10)).delayed == 1
     await asyncio.sleep(due_s + 0.01)
     (again,) = await take(store, "w", 1)
     assert (again.execution_id, again.delivery) == ("x", 2)
-    assert await store.job("x", (keys.STATE, keys.LAST_KIND)) == {
-        keys.STATE: keys.QUEUED,
-        keys.LAST_KIND: "CRASHED",
+    assert await store.job("x", (keys.STATE, keys.ATTEMPTS)) == {
+        keys.STATE: keys.RUNNING,  # TAKE began the second attempt
+        keys.ATTEMPTS: "2",
     }
 
 
@@ -225,3 +233,30 @@ async def test_a_replayed_append_stores_each_event_once(
         (b"1-2", b"c"),
         (b"1-3", b"last"),
     ]
+
+
+async def test_take_begins_the_attempt_and_brings_small_requests(store: QueueStore) -> None:
+    assert await store.enqueue("small", "acme", b"s" * 100, 0, RETENTION_MS)
+    assert await store.enqueue("large", "acme", b"l" * 100_000, 0, RETENTION_MS)
+    small, large = (await store.take("w", 2, VISIBILITY_MS, 3, RETENTION_MS))[0]
+    assert small.begun == Begun(1, b"s" * 100, Failure("", ""))
+    assert large.begun is None  # its request is read by BEGIN: the same attempt
+    assert await store.begin(large.entry, "w", 3, RETENTION_MS) == Begun(
+        1, b"l" * 100_000, Failure("", "")
+    )
+    assert await store.job("large", (keys.ATTEMPTS, keys.STATE)) == {
+        keys.ATTEMPTS: "1",
+        keys.STATE: keys.RUNNING,
+    }
+
+
+async def test_take_counts_no_attempt_past_the_last(store: QueueStore) -> None:
+    await enqueue(store, "acme", "x")
+    for attempt in (1, 2):
+        ((taken,), _due) = await store.take("w", 1, VISIBILITY_MS, 2, RETENTION_MS)
+        assert taken.begun is not None and taken.begun.attempt == attempt
+        failure = Failure("UNAVAILABLE", f"attempt {attempt}")
+        await store.retry(taken.entry, "w", failure, 0, refund=False)
+    ((taken,), _due) = await store.take("w", 1, VISIBILITY_MS, 2, RETENTION_MS)
+    assert taken.begun == Begun(0, b"", Failure("UNAVAILABLE", "attempt 2"))
+    assert await store.job("x", (keys.ATTEMPTS,)) == {keys.ATTEMPTS: "2"}
