@@ -16,6 +16,7 @@ import pytest
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandboxd.jail import cgroups
 from tests.conftest import UID_BASE, DaemonProcess, start_daemon
+from tests.security.conftest import js
 
 EXECUTIONS = int(os.environ.get("SOAK_EXECUTIONS", "2000"))
 WARM_UP = 200
@@ -33,21 +34,11 @@ HANGS = Step(
     "hangs", "module.exports = async () => { console.log('hanging'); await new Promise(() => {}); }"
 )
 
-# Steps that write their own frames to the runner's event pipe (fd 4): each one a protocol
-# violation (USER_ERROR) or a flood over its budget (OUTPUT_LIMIT), ended at once.
-_FRAME = """
-const fs = require('fs');
-function frame(header, body) {
-  const head = Buffer.from(typeof header === 'string' ? header : JSON.stringify(header));
-  const rest = Buffer.from(body || '');
-  const prefix = Buffer.alloc(8);
-  prefix.writeUInt32BE(head.length, 0);
-  prefix.writeUInt32BE(rest.length, 4);
-  return Buffer.concat([prefix, head, rest]);
-}
-"""
+# Steps that write their own frames to the runner's event pipe (fd 4, with the security suite's
+# `frame` helper): each one a protocol violation (USER_ERROR) or a flood over its budget
+# (OUTPUT_LIMIT), ended at once.
 VIOLATIONS = [
-    Step("violates", _FRAME + f"module.exports = async () => {{ fs.writeSync(4, {frames}); }};")
+    Step("violates", js(f"module.exports = async () => {{ fs.writeSync(4, {frames}); }};"))
     for frames in (
         "Buffer.from('garbage garbage garbage')",
         'frame(\'{"t":"log","seq":0,"level":\''
@@ -61,8 +52,7 @@ VIOLATIONS = [
 FLOODS = [
     Step(
         "floods",
-        _FRAME
-        + f"module.exports = async () => {{ const f = {frame}; for (;;) fs.writeSync(4, f); }};",
+        js(f"module.exports = async () => {{ const f = {frame}; for (;;) fs.writeSync(4, f); }};"),
         Limits(log_lines=50),
     )
     for frame in (
