@@ -6,10 +6,14 @@ Each check imports one module in a fresh interpreter and lists what came along.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+PARENT_PATH = re.compile(r"(?<!\.)\.\./")  # "../x", not the "..." of "HOST:PORT,.../SERVICE"
 
 
 def loaded_by(module: str) -> set[str]:
@@ -46,3 +50,11 @@ def test_loading_the_settings_loads_no_telemetry_grpc_redis_or_jail_launch() -> 
 @pytest.mark.parametrize("child", ["sandboxd.jail.forkserver", "sandboxd.jail.launch", "prctl"])
 def test_the_jail_handle_does_not_load_the_fork_servers_child_code(child: str) -> None:
     assert child not in loaded_by("sandboxd.jail.handle")
+
+
+def test_readme_and_docs_point_nowhere_outside_the_repository() -> None:
+    root = Path(__file__).resolve().parents[2]
+    pages = [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+    outside = [f"{page.name}: {line}" for page in pages for line in page.read_text().splitlines()
+               if PARENT_PATH.search(line)]  # fmt: skip
+    assert outside == []
