@@ -31,7 +31,7 @@ from sandboxd.events import EventStamper
 from sandboxd.frames import Error as ErrorHeader
 from sandboxd.frames import Log, ProtocolError, Result, Truncated
 from sandboxd.jail.errors import JailError
-from sandboxd.kinds import ending_outcome, outcome_name
+from sandboxd.kinds import CancelledBeforeStart, ending_outcome, outcome_name
 from sandboxd.outcomes import StepFailure, classify_death, protocol_violation, runner_error
 from sandboxd.output import EndOfEvents, JailOutput, OutputLimit
 from sandboxd.pool import JailPool, PoolClosed, PooledJail
@@ -106,13 +106,19 @@ class Execution:
         """Kill the execution's jail now; the running step then fails CANCELLED.
 
         Before it has a jail (queued for admission or for a lease) the waiting task is
-        cancelled instead, and the caller sees the RPC end CANCELLED.
+        cancelled instead: Executor.run raises CancelledBeforeStart, and the RPC ends CANCELLED.
         """
         self._cancelled = True
         if self._jail is not None:
             self._jail.kill()
         elif self.waiting_task is not None:
             self.waiting_task.cancel()
+
+    def cancelled_before_start(self) -> bool:
+        """Whether a CancelledError now is this execution's own cancel of its wait, and only
+        that: a cancellation of the task from elsewhere (the caller went away) still counts."""
+        task = asyncio.current_task()
+        return self._cancelled and self._jail is None and task is not None and not task.uncancel()
 
     async def run(self) -> AsyncIterator[pb.ExecutionEvent]:
         plan = self.plan
@@ -482,6 +488,12 @@ class Executor:
                     elif event.HasField("result_chunk") or event.HasField("step_finished"):
                         moved += event.ByteSize()
                     yield event
+        except asyncio.CancelledError as exc:
+            ending = exc
+            if not execution.cancelled_before_start():
+                raise
+            ending = CancelledBeforeStart("the execution was cancelled before it started")
+            raise ending from None
         except BaseException as exc:  # refused, or the caller went away: recorded, re-raised
             ending = exc
             raise

@@ -15,6 +15,13 @@ from sandboxd.pool import PoolClosed
 from sandboxd.tenants import AdmissionClosed, QuotaExceeded
 
 _PREFIX = "ERROR_KIND_"
+
+
+class CancelledBeforeStart(Exception):
+    """Cancel named an execution still waiting for admission or a jail: it ends CANCELLED
+    without having started (the RPC ends with that status, distributed mode lets it go)."""
+
+
 SUCCEEDED = "SUCCEEDED"
 
 
@@ -49,6 +56,8 @@ def _ending_kind(error: BaseException | None, past_deadline: bool) -> int:
         return pb.ERROR_KIND_QUOTA_EXCEEDED
     if isinstance(error, AdmissionClosed | PoolClosed | JailError):
         return pb.ERROR_KIND_UNAVAILABLE
+    if isinstance(error, CancelledBeforeStart):
+        return pb.ERROR_KIND_CANCELLED
     if error is None or isinstance(error, asyncio.CancelledError | GeneratorExit):
         return pb.ERROR_KIND_DEADLINE_EXCEEDED if past_deadline else pb.ERROR_KIND_CANCELLED
     return pb.ERROR_KIND_INTERNAL

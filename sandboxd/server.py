@@ -20,7 +20,7 @@ from sandboxd.config import Settings
 from sandboxd.decoding import Undecodable
 from sandboxd.executions import ExecutionAlreadyRunning, Executor
 from sandboxd.jail.errors import JailError
-from sandboxd.kinds import kind_name
+from sandboxd.kinds import CancelledBeforeStart, kind_name
 from sandboxd.pool import PoolClosed
 from sandboxd.queue.worker import QueueWorker
 from sandboxd.refusals import Refusal, refuse
@@ -147,6 +147,9 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
             await refuse(context, refusal)
         except (AdmissionClosed, PoolClosed) as exc:
             await refuse(context, _unavailable(str(exc)))
+        except CancelledBeforeStart as exc:
+            cancelled = Refusal(grpc.StatusCode.CANCELLED, pb.ERROR_KIND_CANCELLED, str(exc))
+            await refuse(context, cancelled)
         except JailError as exc:
             log.warning("execution %s: could not start a jail: %s", planned.execution_id, exc)
             await refuse(context, _unavailable("could not start a jail"))

@@ -28,7 +28,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.config import Settings
-from sandboxd.kinds import kind_name, kind_value, retryable
+from sandboxd.kinds import CancelledBeforeStart, kind_name, kind_value, retryable
 from sandboxd.pool import PoolClosed
 from sandboxd.queue import keys
 from sandboxd.queue.appender import EventAppender
@@ -276,7 +276,7 @@ class QueueWorker:
     async def _process(self, entry: Entry, begun: Begun | None) -> None:
         try:
             await self._attempt(entry, begun)
-        except ClaimLost:
+        except (ClaimLost, CancelledBeforeStart):  # the hold loop cancels what it lost
             log.warning("queue: execution %s was taken over by another worker", entry.execution_id)
         except asyncio.CancelledError:
             stopped = f"worker {self.worker_id} stopped before it finished"

@@ -71,6 +71,37 @@ async def wait_for_load(client: SandboxClient, tenant: str, running: int, queued
     pytest.fail(f"tenant {tenant} never reached running={running} queued={queued}")
 
 
+async def test_cancel_ends_an_execution_still_waiting_for_admission(config_file: Path) -> None:
+    daemon = daemon_with(config_file, "tenant_max_concurrent = 1\n")
+    try:
+        async with SandboxClient(daemon.target) as client:
+            hang = [Step("hang", "module.exports = () => new Promise(() => {})")]
+            running = asyncio.create_task(
+                client.run(tenant_id="acme", steps=hang, execution_id="first")
+            )
+            await wait_for_load(client, "acme", running=1, queued=0)
+            waiting = asyncio.create_task(
+                client.run(tenant_id="acme", steps=hang, execution_id="second")
+            )
+            await wait_for_load(client, "acme", running=1, queued=1)
+            began = time.monotonic()
+            assert await client.cancel("acme", "second") is True
+            with pytest.raises(SandboxError) as caught:
+                await waiting
+            assert time.monotonic() - began < 2
+            assert (caught.value.kind, caught.value.message) == (
+                ErrorKind.CANCELLED,
+                "the execution was cancelled before it started",
+            )
+            assert (await client.status()).executions_by_outcome["CANCELLED"] == 1
+            assert await client.cancel("acme", "first") is True
+            with pytest.raises(SandboxError) as first:
+                await running
+            assert first.value.kind is ErrorKind.CANCELLED
+    finally:
+        assert daemon.stop() == 0
+
+
 async def test_quota_exceeded_at_once_with_a_retry_hint(config_file: Path) -> None:
     daemon = daemon_with(config_file, "tenant_max_concurrent = 1\ntenant_max_queued = 1\n")
     try:
