@@ -40,6 +40,19 @@ class Undecodable:
         messages left the daemon 65 MB larger). malloc_trim runs without the GIL, in a thread."""
         if self.size >= _TRIM_AFTER_BYTES:
             await asyncio.to_thread(_libc.malloc_trim, 0)
+            # gRPC frees the call's own buffers only once the refusal is sent: trim again then.
+            task = asyncio.create_task(_trim_after(_CALL_TEARDOWN_S))
+            _trims.add(task)
+            task.add_done_callback(_trims.discard)
+
+
+_CALL_TEARDOWN_S = 0.5
+_trims: set[asyncio.Task[None]] = set()
+
+
+async def _trim_after(delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await asyncio.to_thread(_libc.malloc_trim, 0)
 
 
 def add_service(servicer: object, server: grpc.aio.Server, max_request_bytes: int) -> None:
