@@ -86,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         help="allow plaintext on an address that is not loopback (anyone reaching it is trusted)",
     )
     serve.add_argument("--pool-size", type=int, help="warm jails kept ready")
-    serve.add_argument("--redis", help="redis://HOST:PORT/DB: also run executions queued there")
+    serve.add_argument(
+        "--redis",
+        help="redis://HOST:PORT/DB or redis+sentinel://HOST:PORT,.../SERVICE: also run executions "
+        "queued there",
+    )
     serve.set_defaults(handler=_serve)
 
     worker = commands.add_parser(
@@ -94,7 +98,11 @@ def _parser() -> argparse.ArgumentParser:
         parents=[common],
         help="serve the Redis queue (and gRPC, by default on a free port)",
     )
-    worker.add_argument("--redis", required=True, help="redis://HOST:PORT/DB")
+    worker.add_argument(
+        "--redis",
+        required=True,
+        help="redis://HOST:PORT/DB or redis+sentinel://HOST:PORT,.../SERVICE",
+    )
     worker.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT or unix:PATH for gRPC")
     worker.add_argument(
         "--insecure", action="store_true", help="allow plaintext on a non-loopback address"
