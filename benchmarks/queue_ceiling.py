@@ -39,8 +39,8 @@ import redis.asyncio as redis
 from benchmarks.stats import percentile
 from sandbox_client import Step
 from sandbox_client._request import execute_request
-from sandboxd.queue import lua
-from sandboxd.queue.store import QueueStore
+from sandbox_client.redisqueue import lua
+from sandbox_client.redisqueue.store import QueueStore
 from tests.queue import fake_worker
 from tests.redis_server import RedisServer
 

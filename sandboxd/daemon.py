@@ -19,6 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from redis.exceptions import RedisError
 
+from sandbox_client.redisqueue.store import QueueDepth
 from sandbox_client.v1 import sandbox_pb2
 from sandboxd import preflight
 from sandboxd.config import ConfigError, Settings
@@ -35,7 +36,6 @@ from sandboxd.listen import (
     unavailable_reason,
 )
 from sandboxd.pool import JailPool
-from sandboxd.queue.store import QueueDepth
 from sandboxd.queue.worker import QueueOptions, QueueWorker, default_worker_id
 from sandboxd.server import SandboxService
 from sandboxd.telemetry import Telemetry

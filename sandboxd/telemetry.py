@@ -43,12 +43,12 @@ from opentelemetry.sdk.trace.export import (
 )
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from sandbox_client.redisqueue.store import QueueDepth, TenantDepth
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import __version__
 from sandboxd.egress.records import ConnectionRecord
 from sandboxd.exporters import ExporterKind
 from sandboxd.kinds import SUCCEEDED, ending_outcome, kind_name, outcome_name
-from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan
 from sandboxd.rpc_telemetry import RpcTelemetry, serving_context
 from sandboxd.tenants import Admission, TenantLoad

@@ -27,10 +27,9 @@ from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import result_of
 from sandbox_client._request import Egress, Limits, Step, execute_request
-from sandbox_client.v1 import sandbox_pb2
-from sandboxd.queue import keys
-from sandboxd.queue.backoff import Backoff
-from sandboxd.queue.store import (
+from sandbox_client.redisqueue import keys
+from sandbox_client.redisqueue.backoff import Backoff
+from sandbox_client.redisqueue.store import (
     BLOCK_MS,
     REDIS_DOWN,
     DeadLetter,
@@ -38,6 +37,7 @@ from sandboxd.queue.store import (
     QueueDepth,
     QueueStore,
 )
+from sandbox_client.v1 import sandbox_pb2
 
 _P = ParamSpec("_P")
 _T = TypeVar("_T")

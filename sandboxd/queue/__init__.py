@@ -1,8 +1,9 @@
 """Distributed mode: executions queued in Redis and run by every daemon of the fleet.
 
 The producer is :class:`sandbox_client.QueueClient`; the consumer is
-:class:`sandboxd.queue.worker.QueueWorker`. Both speak the layout in :mod:`sandboxd.queue.keys`
-through the atomic scripts in :mod:`sandboxd.queue.lua`. docs/queue.md has the design and costs.
+:class:`sandboxd.queue.worker.QueueWorker`. Both speak the layout in
+:mod:`sandbox_client.redisqueue.keys` through the atomic scripts in
+:mod:`sandbox_client.redisqueue.lua`. docs/queue.md has the design and costs.
 
 One execution's life::
 
@@ -22,5 +23,6 @@ worker's TAKE takes the execution over (the claims zset is ordered by deadline) 
 with the next attempt number. Only the holder of the current delivery may append events or
 finish, so a worker that lost its claim stops writing.
 
-This package's __init__ imports nothing, so the client can use the layout without the daemon.
+The layout and scripts live in the client distribution (`sandbox_client.redisqueue`), so a
+producer needs nothing of the daemon.
 """

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from sandboxd.queue.store import StoredEvent
+from sandbox_client.redisqueue.store import StoredEvent
 
 
 class EventAppender:

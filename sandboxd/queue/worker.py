@@ -26,14 +26,9 @@ from typing import Any, ParamSpec, Protocol, TypeVar
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from sandbox_client.v1 import sandbox_pb2 as pb
-from sandboxd.config import Settings
-from sandboxd.kinds import CancelledBeforeStart, kind_name, kind_value, retryable
-from sandboxd.pool import PoolClosed
-from sandboxd.queue import keys
-from sandboxd.queue.appender import EventAppender
-from sandboxd.queue.backoff import Backoff
-from sandboxd.queue.store import (
+from sandbox_client.redisqueue import keys
+from sandbox_client.redisqueue.backoff import Backoff
+from sandbox_client.redisqueue.store import (
     REDIS_DOWN,
     TAKE_BATCH,
     Begun,
@@ -46,6 +41,11 @@ from sandboxd.queue.store import (
     StoredEvent,
     Taken,
 )
+from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd.config import Settings
+from sandboxd.kinds import CancelledBeforeStart, kind_name, kind_value, retryable
+from sandboxd.pool import PoolClosed
+from sandboxd.queue.appender import EventAppender
 from sandboxd.requests import ExecutionPlan, InvalidRequest, plan_execution
 from sandboxd.tenants import AdmissionError, QuotaExceeded
 

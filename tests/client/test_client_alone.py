@@ -38,11 +38,6 @@ def test_installed_alone_brings_nothing_of_the_daemon(module: str) -> None:
     assert sandbox_client.__file__.startswith(sys.prefix)  # the installed copy, not the tree
 
 
-@pytest.mark.xfail(
-    ALONE,
-    reason="sandbox_client._queue still imports the daemon's sandboxd.queue (being rewritten)",
-    strict=True,
-)
 def test_queue_client_without_redis_says_what_to_install() -> None:
     # A fresh interpreter in which redis cannot be imported (a None entry in sys.modules).
     program = (

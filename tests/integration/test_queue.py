@@ -15,8 +15,8 @@ import redis.asyncio as redis
 
 from sandbox_client import ErrorKind, Limits, SandboxError, Step
 from sandbox_client._queue import QueueClient
+from sandbox_client.redisqueue import keys
 from sandbox_client.v1 import sandbox_pb2 as pb
-from sandboxd.queue import keys
 from tests.integration.conftest import TEST_OPTIONS, SpawnWorker, StartWorker
 from tests.redis_server import RedisServer
 

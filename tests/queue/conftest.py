@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as redis
 
-from sandboxd.queue.store import QueueStore
+from sandbox_client.redisqueue.store import QueueStore
 from tests.integration.conftest import queue  # noqa: F401 (a fixture: a QueueClient)
 from tests.redis_server import RedisServer
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import redis.asyncio as redis
 
-from sandboxd.queue import keys, lua
-from sandboxd.queue.store import TAKE_BATCH, Failure, QueueStore
+from sandbox_client.redisqueue import keys, lua
+from sandbox_client.redisqueue.store import TAKE_BATCH, Failure, QueueStore
 
 TENANTS = 100_000
 RETENTION_MS = 600_000

@@ -8,8 +8,8 @@ from typing import cast
 import pytest
 import redis.asyncio as redis
 
-from sandboxd.queue import keys
-from sandboxd.queue.store import (
+from sandbox_client.redisqueue import keys
+from sandbox_client.redisqueue.store import (
     Begun,
     ClaimLost,
     DeadLetter,

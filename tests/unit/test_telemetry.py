@@ -24,9 +24,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode, get_current_span, use_span
 
+from sandbox_client.redisqueue.store import QueueDepth, TenantDepth
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd.limits import Limits
-from sandboxd.queue.store import QueueDepth, TenantDepth
 from sandboxd.requests import ExecutionPlan, StepPlan
 from sandboxd.telemetry import Telemetry, context_from_grpc_metadata
 from sandboxd.tenants import Admission, QuotaExceeded, TenantLimits, TenantPolicy

@@ -13,7 +13,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from sandboxd.queue import keys, lua
+from sandbox_client.redisqueue import keys, lua
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,7 @@ taken over cannot write events or finish anymore.
 Every script costs O(1) or O(log n) in the number of tenants, executions and claims (n), times
 the number of entries it was asked for: no script walks every tenant or every stream.
 
-`$NAME` stands for the constant NAME of :mod:`sandboxd.queue.keys`. Redis Cluster is not
+`$NAME` stands for the constant NAME of :mod:`sandbox_client.redisqueue.keys`. Redis Cluster is not
 supported: TAKE touches the ring, a tenant's list and a job in one call (see docs/queue.md).
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import string
 
-from sandboxd.queue import keys
+from sandbox_client.redisqueue import keys
 
 PRELUDE = """
 local function now_ms()
