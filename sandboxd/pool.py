@@ -36,6 +36,7 @@ _NORMAL_CPU_WEIGHT = 100
 _REFILL_CPU_WEIGHT = 50  # half a running jail's share: refills go on, executions keep most
 _IDLE_JAIL_BYTES = 64 * 1024 * 1024
 _START_SAMPLES = 1000
+_EXIT_WAIT_S = 10.0  # a SIGKILLed jail's exit, before its resources are checked and freed
 
 
 class PoolClosed(Exception):
@@ -227,7 +228,7 @@ class JailPool:
         cgroup are free by the time a refill may start the next jail."""
         try:
             await self._free_when_dead(jail.jail, jail.cgroup, jail.uid)
-        except (CgroupError, OSError) as exc:  # its uid stays taken: something may live on
+        except (CgroupError, JailError, OSError) as exc:  # its uid stays taken: it may live on
             log.error("jail %s could not be freed: %s", jail.jail_id, exc)
         finally:
             self._leased -= 1
@@ -347,7 +348,7 @@ class JailPool:
             jail = await self._launcher.spawn(spec)
         except BaseException:
             if cgroup is not None:
-                cgroup.remove()
+                await asyncio.to_thread(cgroup.remove)  # v1's freeze-and-kill waits: not here
             self._uids.give_back(uid)
             raise
         try:
@@ -382,12 +383,20 @@ class JailPool:
         await self._free_when_dead(pooled.jail, pooled.cgroup, pooled.uid)
 
     async def _free_when_dead(self, jail: Jail, cgroup: JailCgroup | None, uid: int) -> None:
-        """Wait until a killed jail is gone, then free its descriptors, cgroup and uid."""
-        with contextlib.suppress(JailError):
-            await jail.exit_status
+        """Wait (a bounded time) until a killed jail is gone, then free its descriptors, cgroup
+        and uid. A jail that outlives its SIGKILL (stuck in the kernel) keeps its uid: the
+        cgroup's removal kills again and fails if anything is left, and without a cgroup the
+        uid is kept out of use for good rather than handed to the next jail."""
+        exited = False
+        with contextlib.suppress(JailError, TimeoutError):
+            async with asyncio.timeout(_EXIT_WAIT_S):
+                await jail.exit_status
+                exited = True
         jail.close_fds()
         if cgroup is not None:
             await asyncio.to_thread(cgroup.remove)
+        elif not exited:
+            raise JailError(f"jail {jail.jail_id} did not exit {_EXIT_WAIT_S:.0f} s after SIGKILL")
         self._uids.give_back(uid)
 
 
