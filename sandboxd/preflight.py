@@ -21,8 +21,11 @@ the kernel refused.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import struct
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
@@ -126,27 +129,51 @@ def _needs_sys_admin() -> str:
 
 
 def _probe(settings: Settings) -> _Failure | None:
-    """Fork a child that takes a jail's privileged steps; the first one refused, or None."""
+    """The first of a jail's privileged steps refused, or None: tried by a fresh interpreter,
+    which forks the probe child. The daemon itself must not fork it: by now it may run other
+    threads (gRPC's), and a fork of a threaded process may start them again in the child, where
+    unshare(CLONE_NEWUSER) then fails (EINVAL) for a reason that is no missing privilege."""
+    argv = [sys.executable, "-m", "sandboxd.preflight", json.dumps(_probe_args(settings))]
+    keep = ("PATH", "PYTHONPATH", "VIRTUAL_ENV", "LANG")
+    env = {key: os.environ[key] for key in keep if key in os.environ}
+    done = subprocess.run(argv, capture_output=True, env=env, check=False, timeout=60)
+    if done.returncode != 0:
+        detail = done.stderr.decode(errors="replace").strip().splitlines()[-1:]
+        return _Failure(f"probe: exit status {done.returncode}: {' '.join(detail)}", errno.EIO)
+    return _read_failure(done.stdout, -1)
+
+
+def _probe_args(settings: Settings) -> dict[str, object]:
+    return {
+        "rootfs": settings.rootfs,
+        "uid_base": settings.uid_base,
+        "cgroups": settings.cgroups != "none",
+        "seccomp": settings.seccomp,
+    }
+
+
+def _probe_here(rootfs: str, uid_base: int, cgroups: bool, with_seccomp: bool) -> bytes:
+    """Fork a child that takes a jail's privileged steps; its failure record, or b""."""
     # Compiled here: after pivot_root the child cannot load libseccomp any more.
-    program = seccomp.compile_policy() if settings.seccomp else b""
+    program = seccomp.compile_policy() if with_seccomp else b""
     to_parent, from_child = _pipe()
     to_child, from_parent = _pipe()
     pid = os.fork()
     if pid == 0:
         os.close(from_child)
         os.close(to_child)
-        _child(settings, program, report=to_parent, wait=from_parent)
+        _child(rootfs, cgroups, program, report=to_parent, wait=from_parent)
     os.close(to_parent)
     os.close(from_parent)
     try:
         head = os.read(from_child, 1)
         if head == b"u":  # the child has its namespaces: write its id maps
-            failure = _attempt("write id maps", lambda: _write_maps(pid, settings.uid_base))
+            failure = _attempt("write id maps", lambda: _write_maps(pid, uid_base))
             os.write(to_child, b"g" if failure is None else b"x")
             if failure is not None:
-                return failure
+                return _record(failure)
             head = b""
-        return _read_failure(head, from_child)
+        return _read_all(head, from_child)
     finally:
         os.close(from_child)
         os.close(to_child)
@@ -157,11 +184,11 @@ def _write_maps(pid: int, uid_base: int) -> None:
     write_id_maps(pid, uid_base, uid_base)
 
 
-def _child(settings: Settings, program: bytes, report: int, wait: int) -> NoReturn:
+def _child(rootfs: str, cgroups: bool, program: bytes, report: int, wait: int) -> NoReturn:
     """Namespaces, then (after the parent wrote the maps) pid 1 of them builds a jail's root."""
     failure: _Failure | None = None
     try:
-        flags = NAMESPACES | (CLONE_NEWCGROUP if settings.cgroups != "none" else 0)
+        flags = NAMESPACES | (CLONE_NEWCGROUP if cgroups else 0)
         failure = _attempt("unshare", lambda: unshare(flags))
         if failure is None:
             os.write(report, b"u")
@@ -169,7 +196,7 @@ def _child(settings: Settings, program: bytes, report: int, wait: int) -> NoRetu
                 os._exit(0)  # the parent reports its own failure
             init = os.fork()
             if init == 0:
-                failure = _attempt("jail root", lambda: _build_root(settings.rootfs))
+                failure = _attempt("jail root", lambda: _build_root(rootfs))
                 if failure is None and program:
                     failure = _attempt("load seccomp filter", lambda: _load_seccomp(program))
                 _exit_with(report, failure)
@@ -218,15 +245,26 @@ def _died(status: int) -> _Failure | None:
 
 def _exit_with(report: int, failure: _Failure | None) -> NoReturn:
     if failure is not None:
-        step = failure.step.encode()[:200]
-        os.write(report, b"f" + struct.pack("=iH", failure.errno, len(step)) + step)
+        os.write(report, _record(failure))
     os._exit(0)
 
 
-def _read_failure(data: bytes, fd: int) -> _Failure | None:
-    """The first failure record ("f", errno, length, step) until EOF; None if there is none."""
+def _record(failure: _Failure) -> bytes:
+    """A failure record: "f", errno, length, step."""
+    step = failure.step.encode()[:200]
+    return b"f" + struct.pack("=iH", failure.errno, len(step)) + step
+
+
+def _read_all(data: bytes, fd: int) -> bytes:
     while chunk := os.read(fd, 4096):
         data += chunk
+    return data
+
+
+def _read_failure(data: bytes, fd: int) -> _Failure | None:
+    """The first failure record in `data` (and what `fd` holds, if >= 0); None if none."""
+    if fd >= 0:
+        data = _read_all(data, fd)
     if not data.startswith(b"f"):
         return None
     number, size = struct.unpack_from("=iH", data, 1)
@@ -266,3 +304,15 @@ def _cap_or_policy(call: str) -> str:
     if not prctl.cap_effective.sys_admin:
         return f"missing CAP_SYS_ADMIN (Docker's seccomp profile allows {call} only with it)"
     return f"{call} is refused by {_SEC} or a security module"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m sandboxd.preflight ARGS`: run the probe in this fresh, single-threaded
+    interpreter and write its failure record (empty: every step worked) to stdout."""
+    args = json.loads((argv or sys.argv[1:])[0])
+    record = _probe_here(args["rootfs"], args["uid_base"], args["cgroups"], args["seccomp"])
+    sys.stdout.buffer.write(record)
+
+
+if __name__ == "__main__":
+    main()

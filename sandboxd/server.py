@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 # A draining daemon or one that cannot start jails: another daemon may take the request now.
 _UNAVAILABLE_RETRY_S = 1.0
+_DEADLINE_SLACK_S = 0.25
 # A client half-closes its ExecuteChunked stream right after the last chunk.
 _UPLOAD_END_S = 10.0
 
@@ -332,9 +333,11 @@ def _failed_inside(event: pb.ExecutionEvent) -> bool:
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
-    """Whether the caller's deadline is over (gRPC cancels the call at that moment)."""
+    """Whether the caller's deadline is over. The caller's side may cancel the call at its own
+    deadline, which the daemon's clock reaches a little later (the request's transit): a call
+    ended that close to its deadline was ended by it."""
     remaining = context.time_remaining()
-    return remaining is not None and remaining <= 0
+    return remaining is not None and remaining <= _DEADLINE_SLACK_S
 
 
 def _invalid(exc: InvalidRequest) -> Refusal:
