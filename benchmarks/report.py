@@ -203,8 +203,9 @@ def _demo(results: dict[str, Any], systems: list[str], charts: dict[str, str]) -
         [
             "## Demo integration (6 steps)",
             "",
-            "`sandboxd.demo`: fetch, parse, transform, validate, build_request, summarise over a "
-            "200-order XML export; results pass between steps in the process.",
+            "`sandboxd.demo`: fetch, parse, transform, validate, send_orders (prepared, not "
+            "sent), summarise over a 200-order XML export; results pass between steps in the "
+            "process.",
             "",
             _table(_SUMMARY_HEADER, rows),
             "",
