@@ -121,13 +121,16 @@ class SandboxService(pb_grpc.SandboxServiceServicer):
             events = self._executor.run(
                 planned, steps, _metadata(context), functools.partial(_deadline_passed, context)
             )
+            internal: str | None = None
             async for event in events:
                 yield event
                 if _failed_inside(event):
-                    # The events say INTERNAL; so does the RPC's status (the details are logged).
-                    message = event.execution_finished.error_message
-                    internal = Refusal(grpc.StatusCode.INTERNAL, pb.ERROR_KIND_INTERNAL, message)
-                    await refuse(context, internal)
+                    internal = event.execution_finished.error_message
+            if internal is not None:
+                # The events said INTERNAL; so does the RPC's status (the details are logged).
+                await refuse(
+                    context, Refusal(grpc.StatusCode.INTERNAL, pb.ERROR_KIND_INTERNAL, internal)
+                )
         except QuotaExceeded as exc:
             await refuse(
                 context,
