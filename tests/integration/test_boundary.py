@@ -5,6 +5,7 @@ message, field), within 2 s, and the daemon then serves another tenant at once."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import glob
 import json
 import os
@@ -266,10 +267,28 @@ async def test_chunked_uploads_with_broken_sequences_are_refused(
         response_deserializer=pb.ExecuteChunkedResponse.FromString,
     )
     messages = chunked_messages(b'{"n": "' + b"y" * 40 + b'"}', mangle)
-    refused = await refusal_of(call(iter(messages), timeout=30))
+    stream = call(timeout=30)
+    writer = asyncio.create_task(upload_as_clients_do(stream, messages))
+    refused = await refusal_of(stream)
+    await writer
     expected = (grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_REQUEST, text, "input_chunk")
     assert refused == expected
     await serves_another_tenant(daemon.target)
+
+
+async def upload_as_clients_do(call: Any, messages: list[pb.ExecuteChunkedRequest]) -> None:
+    """Write an upload the way the clients do: the request and the first chunk, then the rest
+    once the daemon has accepted the declared length (its initial metadata). A client that
+    writes on after a refusal makes gRPC report INTERNAL instead of the daemon's status."""
+    with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        for message in messages[:2]:
+            await call.write(message)
+        await call.initial_metadata()
+        if call.done():
+            return
+        for message in messages[2:]:
+            await call.write(message)
+        await call.done_writing()
 
 
 async def test_cancel_reaches_only_the_callers_own_tenant(daemon: DaemonProcess) -> None:

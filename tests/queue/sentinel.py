@@ -113,11 +113,21 @@ class SentinelSet:
         )
 
     def restart_old_primary(self) -> None:
-        """Start the killed primary again (empty: it kept nothing on disk); the Sentinel makes it
-        a replica of the new primary. Returns once it is in sync."""
+        """Start the killed primary again (empty: it kept nothing on disk) as a replica of the
+        new primary, as an operator's restart would, and return once it is in sync. (Left to
+        come back as a primary, it waits for the Sentinel's own schedule to be converted: past
+        30 s once on a loaded machine.)"""
         self.primary.stop()
-        self.primary = _server(self.directory / "primary", "primary", port=self.primary.port)
-        _until(lambda: _in_sync(self.primary), "the old primary to sync as a replica")
+        new_primary = str(self.primary_port())
+        self.primary = _server(
+            self.directory / "primary",
+            "primary",
+            "--replicaof",
+            "127.0.0.1",
+            new_primary,
+            port=self.primary.port,
+        )
+        _until(lambda: _in_sync(self.primary), "the old primary to sync as a replica", 60.0)
 
     def _replica_in_sync(self) -> bool:
         return _in_sync(self.replica)
