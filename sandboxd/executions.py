@@ -68,15 +68,10 @@ class _LogStream:
         self.lines += 1
         return not self.truncated and self.bytes <= self.max_bytes and self.lines <= self.max_lines
 
-    def runner_limit(self) -> str:
-        """Which limit the runner stopped at: the lines once they are all used, else the bytes."""
-        if self.lines >= self.max_lines:
-            return f"{self.max_lines} lines"
-        return f"{self.max_bytes} bytes"
-
     def limit_reached(self) -> str:
-        """Which limit the step went past."""
-        if self.lines > self.max_lines:
+        """Which limit stopped the step's logs, the runner's or the daemon's own count: the
+        lines once they are all used within the bytes, else the bytes."""
+        if self.lines >= self.max_lines and self.bytes <= self.max_bytes:
             return f"{self.max_lines} lines"
         return f"{self.max_bytes} bytes"
 
@@ -291,7 +286,7 @@ class Execution:
             # The runner's own marker: nothing more of the step is streamed, and one marker
             # reaches the caller however many the step forges.
             stream.truncated, already = True, stream.truncated
-            return [] if already else [self._events.truncation(step, stream.runner_limit())]
+            return [] if already else [self._events.truncation(step, stream.limit_reached())]
         else:  # read_frame lets only a step's frames through; this is a daemon bug
             raise AssertionError(f"unexpected {item.type!r} frame")
         if stream.admit(len(text)):
