@@ -201,7 +201,8 @@ class JailPool:
 
     @contextlib.asynccontextmanager
     async def lease(self, limits: JailLimits | None = None) -> AsyncIterator[PooledJail]:
-        """A jail for one execution; destroyed when the block ends, whatever happened.
+        """A jail for one execution; killed when the block ends, whatever happened, and freed
+        (exit, cgroup, uid) in the background.
 
         Warm jails have the pool's limits. Limits fixed at a jail's start (tmpfs size, rlimits,
         the V8 heap sized from the memory limit) cannot be changed on a warm jail, so other
