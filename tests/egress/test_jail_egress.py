@@ -289,7 +289,9 @@ async def test_a_flood_of_connections_meets_the_limit_and_the_daemon_serves_on(
     codes = result["value"]
     assert sum(codes.values()) == 64
     assert codes.get("ok", 0) >= 4
-    assert set(codes) <= {"ok", "EGRESS_FAILED"}
+    # 64 at once against a limit of 4: some are refused (429), and nothing else goes wrong.
+    assert codes.get("EGRESS_FAILED", 0) >= 1
+    assert set(codes) == {"ok", "EGRESS_FAILED"}
     again = await attempt(
         client, "async () => (await fetch('https://partner.test/')).status", ["partner.test"]
     )
