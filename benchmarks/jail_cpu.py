@@ -23,7 +23,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
@@ -89,7 +88,9 @@ async def bare_node() -> None:
         raise RuntimeError("bare node -e 0 failed")
 
 
-def jail_node(launcher: JailLauncher, driver: cgroups.CgroupDriver) -> Callable[[], Awaitable[None]]:
+def jail_node(
+    launcher: JailLauncher, driver: cgroups.CgroupDriver
+) -> Callable[[], Awaitable[None]]:
     async def run() -> None:
         jail_id = uuid.uuid4().hex[:12]
         cgroup = driver.create(jail_id, cgroups.CgroupLimits(1 << 30, 64, 1.0))
