@@ -7,7 +7,13 @@ nothing sent: what the machine's scheduling alone costs):
 
 - `largest`: the largest allowed request: a 64 MiB input in chunks, valid JSON nested to the
   depth limit, the most and largest credentials and config vars allowed, the largest code;
-- `refused`: a 60 MB request message over max_request_bytes, refused unparsed.
+- `unary`: the largest allowed single message: an Execute whose input takes all but 1 KiB of
+  max_request_bytes;
+- `over`: a request message just over max_request_bytes: read, refused unparsed (INVALID_ARGUMENT
+  naming the limit);
+- `refused`: a 60 MB request message, refused by gRPC before it is read (RESOURCE_EXHAUSTED).
+
+The daemon's heap is settled after its start as `sandboxd serve` does (`daemon.settle_heap`).
 
 Target: no single stall over 10 ms. Run as root: `python -m benchmarks.event_loop`.
 """
@@ -22,7 +28,7 @@ import time
 from dataclasses import replace
 
 from sandboxd import config
-from sandboxd.daemon import Daemon
+from sandboxd.daemon import Daemon, settle_heap
 
 _PROBE_S = 0.001
 _IDLE_S = 3.0  # the baseline: the machine's own scheduling noise, nothing sent
@@ -51,18 +57,26 @@ async def main():
                                       config_vars=config_vars)
         assert result == 901, result
     else:
-        request = pb.ExecuteRequest(tenant_id="bench", steps=[pb.Step(name="s", code="1")],
-                                    input=b'"' + b"z" * 60_000_000 + b'"')
+        size = SIZES[which]
+        request = pb.ExecuteRequest(
+            tenant_id="bench", input=b'"' + b"z" * size + b'"',
+            steps=[pb.Step(name="s", code="module.exports = async (ctx) => ctx.input.length")])
         options = [("grpc.max_send_message_length", 80 << 20)]
         async with grpc.aio.insecure_channel(target, options=options) as channel:
             call = channel.unary_stream("/sandboxd.v1.SandboxService/Execute",
                                         request_serializer=lambda m: m.SerializeToString(),
                                         response_deserializer=pb.ExecuteResponse.FromString)
             try:
-                async for _ in call(request):
-                    pass
+                events = [response.event async for response in call(request)]
+                status = "OK"
             except grpc.aio.AioRpcError as error:
-                assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+                status = error.code().name
+        assert status == EXPECTED[which], status
+        if which == "unary":
+            assert json.loads(events[-2].step_finished.json) == size, events[-2]
+
+SIZES = {"unary": (4 << 20) - 1024, "over": (4 << 20) + (512 << 10), "refused": 60_000_000}
+EXPECTED = {"unary": "OK", "over": "INVALID_ARGUMENT", "refused": "RESOURCE_EXHAUSTED"}
 asyncio.run(main())
 """
 
@@ -103,9 +117,11 @@ async def _run(uid_base: int) -> dict[str, dict[str, float]]:
     settings = replace(config.load(None), listen="127.0.0.1:0", pool_size=1, uid_base=uid_base)
     daemon = Daemon(settings)
     await daemon.start()
+    settle_heap()
     try:
         target = f"127.0.0.1:{daemon.port}"
-        return {which: await _measure(target, which) for which in ("idle", "largest", "refused")}
+        phases = ("idle", "largest", "unary", "over", "refused")
+        return {which: await _measure(target, which) for which in phases}
     finally:
         await daemon.stop(grace=1.0)
 

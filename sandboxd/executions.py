@@ -546,5 +546,8 @@ def release_memory() -> None:
     climbed in a saw-tooth to twice its size before a collection came. A full collection after an
     execution that moved megabytes keeps it flat, then glibc gets the freed pages back.
     """
+
+    The collection is short because the daemon's start froze its heap (`daemon.settle_heap`);
+    malloc_trim walks glibc's arenas without the GIL, in a thread, so the loop goes on meanwhile.
     gc.collect()
-    _libc.malloc_trim(0)
+    asyncio.get_running_loop().run_in_executor(None, _libc.malloc_trim, 0)

@@ -116,7 +116,9 @@ class SandboxError(Exception):
 
 _KIND_BY_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: ErrorKind.INVALID_REQUEST,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorKind.QUOTA_EXCEEDED,
+    # The daemon names its own quota refusals (ErrorInfo); a bare RESOURCE_EXHAUSTED is gRPC's
+    # message size limit, on either side of the call: the request is too large to be read.
+    grpc.StatusCode.RESOURCE_EXHAUSTED: ErrorKind.INVALID_REQUEST,
     grpc.StatusCode.UNAVAILABLE: ErrorKind.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED: ErrorKind.DEADLINE_EXCEEDED,
     grpc.StatusCode.CANCELLED: ErrorKind.CANCELLED,

@@ -203,7 +203,8 @@ NOT_PROTOBUF = (
     "the ExecuteRequest message is not valid protobuf (malformed, or a string field that is not"
     " UTF-8)"
 )
-OVERSIZED = request(input=b'"' + b"x" * (5 << 20) + b'"').SerializeToString()
+# Over max_request_bytes (4 MiB) by less than the 1 MiB gRPC still reads, to refuse it by name.
+OVERSIZED = request(input=b'"' + b"x" * ((4 << 20) + (512 << 10)) + b'"').SerializeToString()
 UNDECODABLE = {
     "garbage": (
         b"\xff\xff\xff\xff",
@@ -232,6 +233,21 @@ async def test_undecodable_messages_are_invalid_argument(
     raw, text = case
     refused = await refusal_of(execute_bytes(channel, raw))
     assert refused == (grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_REQUEST, text, None)
+    await serves_another_tenant(daemon.target)
+
+
+async def test_a_message_far_over_the_limit_is_refused_unread(
+    daemon: DaemonProcess, channel: grpc.aio.Channel
+) -> None:
+    raw = request(input=b'"' + b"x" * (6 << 20) + b'"').SerializeToString()
+    refused = await refusal_of(execute_bytes(channel, raw))
+    # gRPC's own limit (max_request_bytes + 1 MiB): the daemon never copies it into Python.
+    assert refused == (
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        ErrorKind.INVALID_REQUEST,
+        f"SERVER: Received message larger than max ({len(raw)} vs. 5242880)",
+        None,
+    )
     await serves_another_tenant(daemon.target)
 
 
@@ -401,7 +417,7 @@ async def test_memory_comes_back_after_a_burst_of_refused_60_mb_requests(
     before = daemon_rss(daemon)
     for _ in range(10):
         code, kind, _text, _field = await refusal_of(execute_bytes(channel, raw))
-        assert (code, kind) == (grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_REQUEST)
+        assert (code, kind) == (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorKind.INVALID_REQUEST)
     await asyncio.sleep(1.0)
     after = daemon_rss(daemon)
     assert after <= before * 1.2, f"RSS {before >> 20} MiB before, {after >> 20} MiB after"

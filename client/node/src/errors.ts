@@ -70,7 +70,9 @@ export class SandboxError extends Error {
 
 const KIND_BY_CODE: Partial<Record<Code, ErrorKindName>> = {
   [Code.InvalidArgument]: "INVALID_REQUEST",
-  [Code.ResourceExhausted]: "QUOTA_EXCEEDED",
+  // The daemon names its own quota refusals (ErrorInfo); a bare RESOURCE_EXHAUSTED is gRPC's
+  // message size limit, on either side of the call: the request is too large to be read.
+  [Code.ResourceExhausted]: "INVALID_REQUEST",
   [Code.Unavailable]: "UNAVAILABLE",
   [Code.DeadlineExceeded]: "DEADLINE_EXCEEDED",
   [Code.Canceled]: "CANCELLED",

@@ -135,6 +135,13 @@ describe("SandboxClient against a real daemon", () => {
     assert.equal(await client.run({ tenantId: "acme", steps: [DOUBLE], input: { n: 2 } }), 4);
   });
 
+  test("a request message far over the daemon's limit is INVALID_REQUEST, refused unread", async () => {
+    const steps = [{ name: "huge", code: `module.exports = () => 1 // ${"x".repeat(6 << 20)}` }];
+    const error = await failure(client.run({ tenantId: "acme", steps }));
+    assert.equal(error.kind, "INVALID_REQUEST");
+    assert.match(error.message, /larger than max \(\d+ vs\. 5242880\)/);
+  });
+
   test("a Buffer result is a Uint8Array", async () => {
     const code = "module.exports = () => Buffer.from([1, 2, 3])";
     const result = await client.run({ tenantId: "acme", steps: [{ name: "bytes", code }] });
