@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 from google.protobuf import json_format
 
 from sandbox_client import SandboxError
@@ -125,6 +126,7 @@ def _parser() -> argparse.ArgumentParser:
 
     status = commands.add_parser("status", parents=[common], help="print a daemon's status")
     status.add_argument("--target", default="127.0.0.1:50051")
+    _add_tls(status)
     status.set_defaults(handler=_status)
 
     health = commands.add_parser(
@@ -132,8 +134,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     health.add_argument("--target", help="HOST:PORT (default: loopback, the listen port)")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
+    _add_tls(health)
     health.set_defaults(handler=_health)
     return parser
+
+
+def _add_tls(parser: argparse.ArgumentParser) -> None:
+    """How a command that calls a daemon reaches one that listens with TLS (mTLS)."""
+    tls = parser.add_argument_group("TLS (a daemon with tls_cert_file; plaintext without these)")
+    tls.add_argument("--tls-ca", metavar="FILE", help="PEM: the CA that signed the daemon's cert")
+    tls.add_argument("--tls-cert", metavar="FILE", help="PEM: this caller's certificate (mTLS)")
+    tls.add_argument("--tls-key", metavar="FILE", help="PEM: this caller's private key (mTLS)")
+    tls.add_argument(
+        "--tls-server-name", metavar="NAME", help="the name to expect in the daemon's certificate"
+    )
 
 
 def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
@@ -219,7 +233,8 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
 def _status(args: argparse.Namespace, settings: Settings) -> int:
     from sandbox_client import SyncSandboxClient
 
-    with SyncSandboxClient(args.target) as client:
+    credentials, options = _channel_security(args)
+    with SyncSandboxClient(args.target, channel_credentials=credentials, options=options) as client:
         status = client.status()
     print(json_format.MessageToJson(status, always_print_fields_with_no_presence=True))
     return 0
@@ -227,12 +242,16 @@ def _status(args: argparse.Namespace, settings: Settings) -> int:
 
 def _health(args: argparse.Namespace, settings: Settings) -> int:
     """The container's health check: one Check call of grpc.health.v1, no shell or curl."""
-    import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     # In a container the daemon listens on 0.0.0.0:PORT (SANDBOXD_LISTEN); the check asks loopback.
     target = args.target or f"127.0.0.1:{settings.listen.rsplit(':', 1)[1]}"
-    with grpc.insecure_channel(target) as channel:
+    credentials, options = _channel_security(args)
+    with (
+        grpc.secure_channel(target, credentials, options=list(options.items()))
+        if credentials
+        else grpc.insecure_channel(target)
+    ) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         try:
             answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=args.timeout)
@@ -242,6 +261,27 @@ def _health(args: argparse.Namespace, settings: Settings) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
     print(f"{target}: {status}")
     return 0 if answer.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _channel_security(
+    args: argparse.Namespace,
+) -> tuple[grpc.ChannelCredentials | None, dict[str, str]]:
+    """The channel credentials and options the TLS arguments ask for; None for plaintext."""
+    if not (args.tls_ca or args.tls_cert or args.tls_key):
+        if args.tls_server_name:
+            raise ConfigError("--tls-server-name needs --tls-ca")
+        return None, {}
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ConfigError("--tls-cert and --tls-key go together (the caller's identity for mTLS)")
+    pems = [_read_pem(path) for path in (args.tls_ca, args.tls_key, args.tls_cert)]
+    options = (
+        {"grpc.ssl_target_name_override": args.tls_server_name} if args.tls_server_name else {}
+    )
+    return grpc.ssl_channel_credentials(*pems), options
+
+
+def _read_pem(path: str | None) -> bytes | None:
+    return Path(path).read_bytes() if path else None
 
 
 async def _with_local_daemon(

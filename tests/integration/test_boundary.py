@@ -569,8 +569,33 @@ async def test_mtls_lets_in_only_clients_with_a_certificate(certificates: dict[s
                 else:
                     await status_over(running.target, stranger)
             assert refused.value.kind is ErrorKind.UNAVAILABLE
+        cli_over_mtls(running.target, directory, client)
     finally:
         assert running.stop() == 0
+
+
+def cli_over_mtls(target: str, directory: Path, client: trustme.LeafCert) -> None:
+    """`sandboxd status` and `sandboxd health` reach an mTLS daemon with the caller's identity."""
+    client.private_key_pem.write_to_path(str(directory / "client-key.pem"))
+    client.cert_chain_pems[0].write_to_path(str(directory / "client-cert.pem"))
+    ca = ["--tls-ca", str(directory / "ca.pem")]
+    identity = [
+        *("--tls-cert", str(directory / "client-cert.pem")),
+        *("--tls-key", str(directory / "client-key.pem")),
+    ]
+    status = run_cli("status", "--target", target, *ca, *identity)
+    assert (status.returncode, status.stderr) == (0, "")
+    assert json.loads(status.stdout)["transportSecurity"] == "mtls"
+    health = run_cli("health", "--target", target, *ca, *identity)
+    assert (health.returncode, health.stdout, health.stderr) == (0, f"{target}: SERVING\n", "")
+    stranger = run_cli("health", "--target", target, *ca)
+    assert (stranger.returncode, stranger.stdout) == (1, "")
+    assert stranger.stderr == f"sandboxd health: {target}: UNAVAILABLE\n"
+    half = run_cli("status", "--target", target, *ca, identity[0], identity[1])
+    assert (half.returncode, half.stdout) == (2, "")
+    assert half.stderr == (
+        "sandboxd: --tls-cert and --tls-key go together (the caller's identity for mTLS)\n"
+    )
 
 
 async def test_a_unix_socket_for_a_sidecar(tmp_path: Path) -> None:
