@@ -5,7 +5,8 @@ daemon runs this module as its own process (`python -m sandboxd.jail.forkserver 
 jail is needed. It compiles the seccomp policy once, then serves spawn requests on a
 SOCK_SEQPACKET socket: each answer carries the jail's channel descriptors, a pidfd of its init and
 the egress proxy's listening socket inside the jail's network namespace (SCM_RIGHTS; see
-sandboxd/jail/net.py). It reaps the jails' keepers and reports their exit status. If the daemon
+sandboxd/jail/net.py). Each jail's init is its child, cloned straight into the jail's namespaces
+(launch.py): it reaps them and reports their exit status. If the daemon
 goes away (socket closed, or the daemon dies: parent-death signal), every jail goes with it.
 
 Messages are JSON, one per packet:
@@ -27,9 +28,9 @@ import os
 import select
 import signal
 import socket
-import struct
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import prctl
@@ -38,6 +39,7 @@ from sandboxd.jail import ids, launch, net
 from sandboxd.jail.errors import JailStartError, SetupError
 from sandboxd.jail.protocol import MAX_MESSAGE, spec_from_json
 from sandboxd.jail.spec import JailSpec
+from sandboxd.jail.syscalls import clone
 
 START_TIMEOUT_S = 10.0
 _FIRST_PIPE_FD = 10
@@ -46,24 +48,30 @@ _FIRST_PIPE_FD = 10
 _CHANNEL_PIPE_BYTES = 1024 * 1024
 
 
+@dataclass(frozen=True, slots=True)
+class ForkServerSelf:
+    """What the fork server keeps of itself for the jails it starts."""
+
+    pid: int
+    pidfd: int  # the inits' way to know their parent is alive (launch.py)
+    netns: int  # to come back to after setting up a jail's network
+
+
 class Spawned:
     """The fork server's side of one started jail: what it hands to the daemon."""
 
-    def __init__(
-        self, keeper_pid: int, init_pid: int, pidfd: int, proxy: int, fds: tuple[int, int, int]
-    ):
-        self.keeper_pid = keeper_pid
+    def __init__(self, init_pid: int, pidfd: int, proxy: int, fds: tuple[int, int, int]):
         self.init_pid = init_pid
         self.pidfd = pidfd
         self.proxy = proxy
         self.work, self.events, self.output = fds
 
 
-def spawn(spec: JailSpec, seccomp_program: bytes, own_netns: int) -> Spawned:
-    """Fork the keeper, set up its ids and network, and wait until the runner is executing.
+def spawn(spec: JailSpec, seccomp_program: bytes, own: ForkServerSelf) -> Spawned:
+    """Clone the jail's init into its namespaces, set up its ids and network, and wait until the
+    runner is executing.
 
-    `own_netns` is a descriptor of the fork server's network namespace. On failure the keeper
-    is dead (reaped) before this raises.
+    On failure the init is dead (reaped) before this raises.
     """
     to_server_r, to_server_w = _pipe()
     from_server_r, from_server_w = _pipe()
@@ -71,26 +79,34 @@ def spawn(spec: JailSpec, seccomp_program: bytes, own_netns: int) -> Spawned:
     work_r, work_w = _pipe(_CHANNEL_PIPE_BYTES)
     events_r, events_w = _pipe(_CHANNEL_PIPE_BYTES)
     output_r, output_w = _pipe()
-    child_fds = launch.ChildFds(to_server_w, from_server_r, errors_w, work_r, events_w, output_w)
-    keeper = os.fork()
-    if keeper == 0:
-        launch.run_keeper(spec, child_fds, seccomp_program)
-    for fd in (to_server_w, from_server_r, errors_w, work_r, events_w, output_w):
+    child_fds = launch.ChildFds(
+        own.pidfd, to_server_w, from_server_r, errors_w, work_r, events_w, output_w
+    )
+    theirs = (to_server_w, from_server_r, errors_w, work_r, events_w, output_w)
+    try:
+        init_pid = clone(launch.NAMESPACES)
+    except SetupError:
+        for fd in (*theirs, to_server_r, from_server_w, errors_r, work_w, events_r, output_r):
+            os.close(fd)
+        raise
+    if init_pid == 0:
+        launch.run_init(spec, child_fds, seccomp_program)
+    for fd in theirs:
         os.close(fd)
     ours = (work_w, events_r, output_r)
     try:
-        init_pid, pidfd, proxy = _bring_up(
-            spec, keeper, to_server_r, from_server_w, errors_r, own_netns=own_netns
+        pidfd, proxy = _bring_up(
+            spec, init_pid, to_server_r, from_server_w, errors_r, own_netns=own.netns
         )
     except BaseException:
-        _abandon(keeper)
+        _abandon(init_pid)
         for fd in ours:
             os.close(fd)
         raise
     finally:
         for fd in (to_server_r, from_server_w, errors_r):
             os.close(fd)
-    return Spawned(keeper, init_pid, pidfd, proxy, ours)
+    return Spawned(init_pid, pidfd, proxy, ours)
 
 
 def _pipe(size: int = 0) -> tuple[int, int]:
@@ -105,40 +121,33 @@ def _pipe(size: int = 0) -> tuple[int, int]:
 
 
 def _bring_up(
-    spec: JailSpec, keeper: int, to_server: int, from_server: int, errors: int, *, own_netns: int
-) -> tuple[int, int, int]:
-    """(init pid, pidfd of the init, egress socket) once the runner is executing."""
+    spec: JailSpec, init_pid: int, to_server: int, from_server: int, errors: int, *, own_netns: int
+) -> tuple[int, int]:
+    """(pidfd of the init, egress socket) once the runner is executing."""
     deadline = time.monotonic() + START_TIMEOUT_S
-    if _read(to_server, 1, deadline) != b"u":
-        raise JailStartError(_child_error(errors, deadline))
-    ids.write_id_maps(keeper, spec.host_uid, spec.host_gid)
-    # Before the keeper goes on: once it takes the jail's ids it is no longer dumpable, and only
-    # a process with CAP_SYS_PTRACE (which a container's fork server lacks) may then open its
-    # namespaces.
-    proxy = net.set_up_jail_network(keeper, own_netns)
-    os.write(from_server, b"g")
+    # The init is our child: its pid is not reused before we reap it.
+    pidfd = os.pidfd_open(init_pid)
     try:
-        init_pid, pidfd = _wait_for_runner(to_server, from_server, errors, deadline)
+        if _read(to_server, 1, deadline) != b"u":
+            raise JailStartError(_child_error(errors, deadline))
+        ids.write_id_maps(init_pid, spec.host_uid, spec.host_gid)
+        # Before the init goes on: once it takes the jail's ids it is no longer dumpable, and only
+        # a process with CAP_SYS_PTRACE (which a container's fork server lacks) may then open its
+        # namespaces.
+        proxy = net.set_up_jail_network(init_pid, own_netns)
     except BaseException:
+        os.close(pidfd)
+        raise
+    try:
+        os.write(from_server, b"g")
+        message = _child_error(errors, deadline)
+        if message:
+            raise JailStartError(message)
+    except BaseException:
+        os.close(pidfd)
         os.close(proxy)
         raise
-    return init_pid, pidfd, proxy
-
-
-def _wait_for_runner(
-    to_server: int, from_server: int, errors: int, deadline: float
-) -> tuple[int, int]:
-    raw_pid = _read(to_server, 4, deadline)
-    if len(raw_pid) != 4:
-        raise JailStartError(_child_error(errors, deadline))
-    (init_pid,) = struct.unpack("=i", raw_pid)
-    pidfd = os.pidfd_open(init_pid)
-    os.write(from_server, b"g")
-    message = _child_error(errors, deadline)
-    if message:
-        os.close(pidfd)
-        raise JailStartError(message)
-    return init_pid, pidfd
+    return pidfd, proxy
 
 
 def _read(fd: int, size: int, deadline: float) -> bytes:
@@ -160,23 +169,23 @@ def _child_error(errors: int, deadline: float) -> str:
     return _read(errors, 4096, deadline).decode(errors="replace")
 
 
-def _abandon(keeper: int) -> None:
-    """Kill the keeper and reap it: its init dies with it (parent-death signal), so the jail's
+def _abandon(init_pid: int) -> None:
+    """Kill the init and reap it: the kernel kills the rest of its pid namespace, so the jail's
     uid and cgroup are free to reuse once the daemon hears of the failure."""
     with contextlib.suppress(ProcessLookupError):
-        os.kill(keeper, signal.SIGKILL)
+        os.kill(init_pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
-        os.waitpid(keeper, 0)
+        os.waitpid(init_pid, 0)
 
 
 class Server:
     """The request loop. Single-threaded by design: it forks."""
 
-    def __init__(self, sock: socket.socket, seccomp_program: bytes, own_netns: int):
+    def __init__(self, sock: socket.socket, seccomp_program: bytes, own: ForkServerSelf):
         self.sock = sock
         self.seccomp_program = seccomp_program
-        self.own_netns = own_netns  # to come back to after setting up a jail's network
-        self.keepers: dict[int, str] = {}
+        self.own = own
+        self.inits: dict[int, str] = {}
 
     def serve(self) -> None:
         wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -191,8 +200,8 @@ class Server:
                 if self.sock.fileno() in ready and not self._handle(self.sock.recv(MAX_MESSAGE)):
                     return
         finally:
-            for keeper in self.keepers:
-                _abandon(keeper)
+            for init_pid in self.inits:
+                _abandon(init_pid)
 
     def _handle(self, packet: bytes) -> bool:
         if not packet:
@@ -205,11 +214,11 @@ class Server:
 
     def _spawn(self, jail_id: str, spec: JailSpec) -> None:
         try:
-            spawned = spawn(spec, self.seccomp_program, self.own_netns)
+            spawned = spawn(spec, self.seccomp_program, self.own)
         except (SetupError, JailStartError, OSError) as exc:
             self._send({"op": "failed", "id": jail_id, "error": str(exc)})
             return
-        self.keepers[spawned.keeper_pid] = jail_id
+        self.inits[spawned.init_pid] = jail_id
         fds = [spawned.work, spawned.events, spawned.output, spawned.pidfd, spawned.proxy]
         self._send({"op": "spawned", "id": jail_id, "pid": spawned.init_pid}, fds)
         for fd in fds:
@@ -223,7 +232,7 @@ class Server:
                 return
             if pid == 0:
                 return
-            jail_id = self.keepers.pop(pid, None)
+            jail_id = self.inits.pop(pid, None)
             if jail_id is not None:
                 self._send({"op": "exited", "id": jail_id, "status": status})
 
@@ -254,14 +263,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("fd", type=int, help="the SOCK_SEQPACKET socket to the daemon")
     parser.add_argument("--no-seccomp", action="store_true")
     args = parser.parse_args(argv)
+    prctl.set_name("sandboxd-fork")  # for ps and perf: otherwise "python", as the daemon
     prctl.set_pdeathsig(signal.SIGKILL)
     if os.getppid() == 1:
         sys.exit("fork server: the daemon is already gone")
     sock = socket.socket(fileno=args.fd)
     program = b"" if args.no_seccomp else _compile_seccomp()
-    own_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    sock.send(json.dumps({"op": "ready", "pid": os.getpid()}).encode())
-    Server(sock, program, own_netns).serve()
+    own = ForkServerSelf(
+        pid=os.getpid(),
+        pidfd=os.pidfd_open(os.getpid()),  # close-on-exec, as every pidfd
+        netns=os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC),
+    )
+    sock.send(json.dumps({"op": "ready", "pid": own.pid}).encode())
+    Server(sock, program, own).serve()
 
 
 if __name__ == "__main__":

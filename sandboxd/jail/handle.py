@@ -80,6 +80,10 @@ class JailLauncher:
         self._send_lock = asyncio.Lock()
         asyncio.get_running_loop().add_reader(sock.fileno(), self._on_readable)
 
+    @property
+    def fork_server_pid(self) -> int:
+        return self._process.pid
+
     @classmethod
     async def start(cls, *, seccomp: bool) -> JailLauncher:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -155,7 +159,7 @@ class JailLauncher:
             future = self._spawning.pop(jail_id)
             if not future.done():
                 future.set_exception(JailStartError(message["error"]))
-            # The fork server reaped the jail's keeper before it said so: the jail is gone, and
+            # The fork server reaped the jail's init before it said so: the jail is gone, and
             # never ran, so it has no exit status (this ends a cancelled spawn's wait).
             exit_future = self._exits.pop(jail_id, None)
             if exit_future is not None:

@@ -1,14 +1,13 @@
 """The child side of starting a jail, read top to bottom as a checklist.
 
-Two processes run this code, both forked from the fork server (never a new Python interpreter):
-
-* the *keeper* joins the jail's cgroup, creates the namespaces, waits for the fork server to
-  write its id maps (the fork server also brings up the loopback of the new network namespace
-  and opens the egress socket there, see net.py), takes the jail's ids, forks the jail's init
-  and then only waits for it, so that the init dies with it (parent-death signal) and its exit
-  status reaches the fork server;
-* the *init* (pid 1 of the new pid namespace) builds the filesystem, the hostname, the limits,
-  the descriptors and the privileges, then executes the runner.
+One process runs this code: the jail's *init*, cloned by the fork server straight into the jail's
+new namespaces (user, mount, pid, network, ipc, uts; never a new Python interpreter), so it is pid
+1 of its pid namespace and the fork server is its parent: the fork server reaps it and reports
+its exit status, and it dies with the fork server (parent-death signal). It joins the jail's
+cgroup (then a cgroup namespace rooted there), waits for the fork server to write its id maps
+(the fork server also brings up the loopback of the new network namespace and opens the egress
+socket there, see net.py), takes the jail's ids, builds the filesystem, the hostname, the limits,
+the descriptors and the privileges, then executes the runner.
 
 Every step either succeeds or raises SetupError naming itself; the error text travels to the fork
 server over the error pipe, which closes on its own at exec (O_CLOEXEC), so "EOF without a word"
@@ -22,7 +21,6 @@ import resource
 import select
 import signal
 import socket
-import struct
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -43,6 +41,8 @@ from sandboxd.jail.syscalls import (
     unshare,
 )
 
+# The namespaces the init is cloned into. The cgroup namespace comes later, from the init itself,
+# once it is in the jail's cgroup: a namespace made at clone would be rooted at the fork server's.
 NAMESPACES = CLONE_NEWUSER | CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWNET | CLONE_NEWIPC | CLONE_NEWUTS
 SETUP_FAILED_EXIT = 126
 _MAX_FD = 1 << 20  # above any RLIMIT_NOFILE the fork server runs with
@@ -53,54 +53,31 @@ STDIN, STDOUT, STDERR, WORK_FD, EVENTS_FD = 0, 1, 2, 3, 4
 
 @dataclass(frozen=True, slots=True)
 class ChildFds:
-    """Descriptors the keeper and the init inherit from the fork server."""
+    """Descriptors the init inherits from the fork server."""
 
-    to_server: int  # keeper -> server: "namespaces made", then the init's pid
-    from_server: int  # server -> keeper: "id maps written", then "pidfd taken"
+    fork_server: int  # a pidfd of the fork server, its parent
+    to_server: int  # init -> server: "namespaces made"
+    from_server: int  # server -> init: "id maps written"
     errors: int  # setup error text; O_CLOEXEC, so exec closes it
     work: int  # becomes WORK_FD
     events: int  # becomes EVENTS_FD
     output: int  # becomes STDOUT and STDERR
 
 
-def run_keeper(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
-    """The jail's first process. Never returns."""
+def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
+    """Pid 1 of the jail, just cloned: build the jail around itself, then become the runner."""
     try:
-        fork_server = os.getppid()
-        _die_with(fork_server)
+        prctl.set_name("sandboxd-init")  # for ps and perf until exec; otherwise "python"
+        _die_with_fork_server(fds.fork_server)
         _forget_fork_server(fds)
-        # The keeper ends by re-raising the runner's fatal signal; it must not dump core then.
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         _join_cgroup(spec.cgroup_procs)
-        unshare(NAMESPACES | (CLONE_NEWCGROUP if spec.cgroup_procs else 0))
+        if spec.cgroup_procs:
+            unshare(CLONE_NEWCGROUP)
         _tell_server(fds, b"u")
         _wait_server(fds, "id maps")
         ids.become_jail_user()
-        _die_with(fork_server)  # changing credentials cleared the parent-death signal
-        keeper = _pidfd_of_self()
-        init_pid = os.fork()
-        if init_pid == 0:
-            run_init(spec, fds, seccomp_program, keeper)
-        os.close(keeper)
-        _tell_server(fds, struct.pack("=i", init_pid))
-        for fd in (fds.errors, fds.work, fds.events, fds.output, fds.to_server):
-            os.close(fd)
-        # Until the server holds a pidfd of the init, its pid must not be reaped (and reused).
-        _wait_server(fds, "pidfd")
-        _mirror_exit(os.waitpid(init_pid, 0)[1])
-    except SetupError as exc:
-        _fail(fds, str(exc))
-    except BaseException as exc:  # anything else is a bug, reported the same way
-        _fail(fds, f"keeper: {type(exc).__name__}: {exc}")
-
-
-def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes, keeper: int) -> NoReturn:
-    """Pid 1 of the jail: build the jail around itself, then become the runner.
-
-    `keeper` is a pidfd of the keeper, its parent.
-    """
-    try:
-        _die_with_keeper(keeper)
+        _die_with_fork_server(fds.fork_server)  # changing credentials cleared the signal
+        os.close(fds.fork_server)
         os.setsid()  # a session of its own: no controlling terminal, no job-control signals
         mounts.enter_root(spec.rootfs, spec.limits.tmpfs_bytes)
         _set_hostname(spec.hostname)
@@ -113,39 +90,23 @@ def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes, keeper: int)
         _fail(fds, str(exc))
     except OSError as exc:
         _fail(fds, f"exec {spec.argv[0]}: {exc}")
-    except BaseException as exc:
+    except BaseException as exc:  # anything else is a bug, reported the same way
         _fail(fds, f"init: {type(exc).__name__}: {exc}")
 
 
-def _die_with(parent: int) -> None:
-    """Be killed when `parent` dies, also if it died just before (we were reparented then)."""
-    prctl.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != parent:
-        os._exit(SETUP_FAILED_EXIT)
+def _die_with_fork_server(fork_server: int) -> None:
+    """Be killed when the fork server dies, also if it died just before the signal was set.
 
-
-def _pidfd_of_self() -> int:
-    try:
-        return os.pidfd_open(os.getpid())
-    except OSError as exc:
-        raise SetupError(f"pidfd of the keeper: {exc}") from None
-
-
-def _die_with_keeper(keeper: int) -> None:
-    """Be killed when the keeper dies, also if it died just before the signal was set.
-
-    The init's parent is outside its pid namespace, where getppid() says 0 whether the keeper
-    lives or not; the keeper's pidfd turns readable once the keeper has exited.
+    The init's parent is outside its pid namespace, where getppid() says 0 whether the parent
+    lives or not; the fork server's pidfd turns readable once it has exited.
     """
     prctl.set_pdeathsig(signal.SIGKILL)
-    keeper_exited = select.select([keeper], [], [], 0)[0]
-    os.close(keeper)
-    if keeper_exited:
+    if select.select([fork_server], [], [], 0)[0]:
         os._exit(SETUP_FAILED_EXIT)
 
 
 def _forget_fork_server(fds: ChildFds) -> None:
-    """Drop what the keeper inherited from the fork server: its socket, pipes and handlers."""
+    """Drop what the init inherited from the fork server: its socket, pipes and handlers."""
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # A write past RLIMIT_FSIZE then fails with EFBIG inside the jail instead of killing the
@@ -210,7 +171,15 @@ def _install_descriptors(fds: ChildFds) -> None:
 
 
 def _fds_of(fds: ChildFds) -> set[int]:
-    return {fds.to_server, fds.from_server, fds.errors, fds.work, fds.events, fds.output}
+    return {
+        fds.fork_server,
+        fds.to_server,
+        fds.from_server,
+        fds.errors,
+        fds.work,
+        fds.events,
+        fds.output,
+    }
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -254,17 +223,6 @@ def _tell_server(fds: ChildFds, message: bytes) -> None:
 def _wait_server(fds: ChildFds, what: str) -> None:
     if os.read(fds.from_server, 1) != b"g":
         raise SetupError(f"wait for {what}: the fork server went away")
-
-
-def _mirror_exit(status: int) -> NoReturn:
-    """End the keeper the way the init ended, so the fork server sees the runner's status."""
-    if os.WIFSIGNALED(status):
-        sig = os.WTERMSIG(status)
-        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those two have no handler to reset
-            signal.signal(sig, signal.SIG_DFL)
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)  # only for signals that do not kill (cannot happen for SIGKILL)
-    os._exit(os.waitstatus_to_exitcode(status))
 
 
 def _fail(fds: ChildFds, message: str) -> NoReturn:

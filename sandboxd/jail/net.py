@@ -1,11 +1,11 @@
 """The jail's network: a namespace of its own with only the loopback interface, brought up, and
 on it the listening socket of the egress proxy.
 
-The fork server sets both up from outside, right after the keeper created the namespace: it
-enters the namespace (setns), works there, and returns to its own. A socket belongs to the
-namespace it was created in, so the proxy socket listens on the jail's loopback whichever process
-holds it later: only that jail's processes can connect to it, and the jail still has no route and
-no interface but `lo`.
+The fork server sets both up from outside, right after it cloned the jail's init into the
+namespace: it enters the namespace (setns), works there, and returns to its own. A socket belongs
+to the namespace it was created in, so the proxy socket listens on the jail's loopback whichever
+process holds it later: only that jail's processes can connect to it, and the jail still has no
+route and no interface but `lo`.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ def bring_up_loopback() -> None:
         raise SetupError(f"bring up loopback: {exc}") from None
 
 
-def set_up_jail_network(keeper_pid: int, own_netns: int) -> int:
-    """Bring up `lo` in the network namespace of `keeper_pid` and open the egress socket there.
+def set_up_jail_network(pid: int, own_netns: int) -> int:
+    """Bring up `lo` in the network namespace of process `pid` and open the egress socket there.
 
     Returns the descriptor of a close-on-exec TCP socket listening on the jail's
     EGRESS_PROXY_HOST:EGRESS_PROXY_PORT. `own_netns` is a descriptor of the caller's namespace,
     to which it returns before this function does.
     """
-    with _inside_netns_of(keeper_pid, own_netns):
+    with _inside_netns_of(pid, own_netns):
         bring_up_loopback()
         return _listen_for_egress()
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import signal
 from typing import Any
 
 from sandboxd.jail.errors import SetupError
@@ -24,6 +25,10 @@ _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
 _libc.unshare.argtypes = [ctypes.c_int]
 _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
+# The same C library, called with the GIL held, as os.fork() calls fork(): see clone().
+_libc_holding_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_holding_gil.syscall.restype = ctypes.c_long
+_python = ctypes.pythonapi
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWCGROUP = 0x02000000
@@ -44,6 +49,7 @@ MS_PRIVATE = 0x40000
 MNT_DETACH = 0x2
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
 
 
 def _check(result: int, step: str) -> None:
@@ -54,6 +60,30 @@ def _check(result: int, step: str) -> None:
 
 def _arg(value: str | None) -> Any:
     return value.encode() if value is not None else None
+
+
+def clone(namespaces: int) -> int:
+    """fork(2) straight into new namespaces: the child's pid in the parent, 0 in the child.
+
+    Python has no clone(); os.fork() followed by unshare() would need one more process, since a
+    new pid namespace only takes the caller's next child as its pid 1. So this is os.fork()'s
+    own sequence around the raw system call (a null stack: the child goes on from a copy of the
+    parent's, as after fork): the interpreter's before-fork and after-fork steps and at-fork
+    hooks, with the GIL held throughout. Only from a single-threaded process: like os.fork(),
+    it copies no other thread, and unlike glibc's fork() it runs no pthread_atfork handlers.
+    """
+    _python.PyOS_BeforeFork()
+    null = ctypes.c_long(0)
+    flags = ctypes.c_long(namespaces | signal.SIGCHLD)
+    result = _libc_holding_gil.syscall(ctypes.c_long(_SYS_CLONE), flags, null, null, null, null)
+    if result == 0:
+        _python.PyOS_AfterFork_Child()
+        return 0
+    errno = ctypes.get_errno()
+    _python.PyOS_AfterFork_Parent()
+    if result == -1:
+        raise SetupError(f"clone: [Errno {errno}] {os.strerror(errno)}")
+    return int(result)
 
 
 def unshare(flags: int) -> None:
