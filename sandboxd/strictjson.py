@@ -9,7 +9,10 @@ read as floats: only validity matters here).
 
 Large inputs are checked in a child process: Python's JSON parser holds the GIL for the whole
 parse (~5 ms per MiB), so a thread would stall the daemon's event loop as much as the loop itself.
-The child runs this file with nothing but the standard library (`python -I -S`).
+The children run this file with nothing but the standard library (`python -I -S`), and live as
+long as the daemon: starting one per input cost more than the check (~50-250 ms against a few ms
+for a megabyte). A thread talks to a child over its pipes (the GIL is let go while it waits); a
+child ends when the daemon's end of its stdin closes, the daemon's exit included.
 """
 
 from __future__ import annotations
@@ -18,18 +21,16 @@ import asyncio
 import itertools
 import json
 import re
+import struct
+import subprocess
 import sys
 import weakref
 
 # Inputs up to this size are checked on the event loop (a millisecond or two).
 INLINE_BYTES = 64 * 1024
 _CHILD_TIMEOUT_S = 60.0
-_PIPE_PIECE_BYTES = 1024 * 1024
-# Children at once: each costs a core while it parses; more large inputs wait their turn.
+# Checks at once (per event loop): each costs a core while it parses; more wait their turn.
 _CHILDREN_AT_ONCE = 2
-_children: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
-    weakref.WeakKeyDictionary()
-)
 
 # Escapes inside strings (\\" included): removed first, so that every remaining quote opens or
 # closes a string.
@@ -67,17 +68,67 @@ async def check_async(raw: bytes, max_depth: int) -> None:
         check(raw, max_depth)
         return
     loop = asyncio.get_running_loop()
-    children = _children.setdefault(loop, asyncio.Semaphore(_CHILDREN_AT_ONCE))
-    async with children:
-        verdict = await _check_in_child(raw, max_depth)
+    turns = _turns.setdefault(loop, asyncio.Semaphore(_CHILDREN_AT_ONCE))
+    async with turns:
+        checker = _idle.pop() if _idle else _Checker()
+        try:
+            async with asyncio.timeout(_CHILD_TIMEOUT_S):
+                verdict = await asyncio.to_thread(checker.verdict, raw, max_depth)
+        except BaseException:
+            checker.kill()  # a timeout or a cancelled caller: the thread's read ends at once
+            raise
+        _idle.append(checker)
     if verdict:
         raise InvalidJson(verdict)
+
+
+class _Checker:
+    """One long-lived checker child; serves one input at a time."""
+
+    def __init__(self) -> None:
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-S", __file__],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def verdict(self, raw: bytes, max_depth: int) -> str:
+        """The child's verdict on `raw`: "" when valid, else why not. Blocks: call in a thread."""
+        stdin, stdout = self._process.stdin, self._process.stdout
+        assert stdin is not None and stdout is not None
+        try:
+            stdin.write(_HEADER.pack(len(raw), max_depth))
+            stdin.write(raw)
+            stdin.flush()
+        except BrokenPipeError:
+            raise RuntimeError("the JSON checker exited") from None
+        head = stdout.read(_HEADER.size)
+        if len(head) != _HEADER.size:
+            raise RuntimeError(f"the JSON checker exited with status {self._process.wait()}")
+        size, _ = _HEADER.unpack(head)
+        return stdout.read(size).decode()
+
+    def kill(self) -> None:
+        self._process.kill()
+        self._process.wait()
+
+
+# A request to a child is this header (input length, max depth) and the input; the answer is
+# this header (verdict length, 0) and the verdict, empty when the input is valid.
+_HEADER = struct.Struct("=QI")
+_idle: list[_Checker] = []  # children waiting for an input, shared by every event loop
+_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _nests_deeper(raw: bytes, max_depth: int) -> bool:
     """Whether arrays and objects nest deeper than `max_depth`, brackets in strings not counted.
     Linear and at C speed (regular expressions, split, translate, accumulate), never recursive,
-    with an early answer for the common case of few brackets."""
+    with early answers for the common case of few brackets."""
+    if raw.count(b"[") + raw.count(b"{") <= max_depth:  # strings' brackets counted: a bound
+        return False
     outside_strings = b"".join(_ESCAPE.sub(b"", raw).split(b'"')[0::2])
     brackets = outside_strings.translate(None, _NOT_BRACKETS)
     if brackets.count(b"[") + brackets.count(b"{") <= max_depth:
@@ -96,46 +147,19 @@ def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
-async def _check_in_child(raw: bytes, max_depth: int) -> str:
-    """The child's verdict on `raw`: "" when valid, else why not."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-I",
-        "-S",
-        __file__,
-        str(max_depth),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    assert child.stdin is not None and child.stdout is not None
-    try:
-        async with asyncio.timeout(_CHILD_TIMEOUT_S):
-            view = memoryview(raw)
-            for start in range(0, len(raw), _PIPE_PIECE_BYTES):
-                child.stdin.write(view[start : start + _PIPE_PIECE_BYTES])
-                await child.stdin.drain()
-            child.stdin.close()
-            answer = await child.stdout.read()
-            status = await child.wait()
-    finally:
-        if child.returncode is None:
-            child.kill()
-            await child.wait()
-    if status != 0 or not answer.startswith(b"="):
-        raise RuntimeError(f"the JSON checker exited with status {status}")
-    return answer[1:].decode()
-
-
-def _main() -> None:
-    """The child: the input on stdin, "=" and the verdict ("" when valid) on stdout."""
-    try:
-        check(sys.stdin.buffer.read(), int(sys.argv[1]))
-        verdict = ""
-    except InvalidJson as exc:
-        verdict = str(exc)
-    sys.stdout.write("=" + verdict)
+def _serve() -> None:
+    """The child: inputs on stdin, verdicts on stdout, until stdin closes."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    while head := stdin.read(_HEADER.size):
+        size, max_depth = _HEADER.unpack(head)
+        try:
+            check(stdin.read(size), max_depth)
+            verdict = b""
+        except InvalidJson as exc:
+            verdict = str(exc).encode()
+        stdout.write(_HEADER.pack(len(verdict), 0) + verdict)
+        stdout.flush()
 
 
 if __name__ == "__main__":
-    _main()
+    _serve()

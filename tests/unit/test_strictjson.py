@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+
 import pytest
 
 from sandboxd import strictjson
@@ -54,3 +57,23 @@ async def test_a_large_input_is_checked_in_a_child_with_the_same_verdicts() -> N
     with pytest.raises(InvalidJson) as caught:
         await strictjson.check_async(large.replace(b"[[1]]", b"NaN"), max_depth=3)
     assert str(caught.value) == "NaN is not JSON"
+
+
+async def test_checker_children_live_on_and_a_cancelled_check_kills_its_own() -> None:
+    large = b'{"pad": "' + b"p" * (strictjson.INLINE_BYTES + 1) + b'"}'
+    await strictjson.check_async(large, max_depth=3)
+    children = [checker._process for checker in strictjson._idle]
+    await strictjson.check_async(large, max_depth=3)
+    assert [checker._process for checker in strictjson._idle] == children
+    assert all(child.poll() is None for child in children)
+
+    huge = b'"' + b"h" * (256 << 20) + b'"'  # long enough to be cancelled while it is checked
+    checking = asyncio.create_task(strictjson.check_async(huge, max_depth=3))
+    await asyncio.sleep(0.05)
+    checking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await checking
+    # The child taken last (the last idle one) was killed; the others wait on.
+    assert [checker._process for checker in strictjson._idle] == children[:-1]
+    assert children[-1].returncode == -signal.SIGKILL
+    await strictjson.check_async(large, max_depth=3)  # a new child takes its place
