@@ -9,7 +9,7 @@ read as floats: only validity matters here).
 
 Large inputs are checked in a child process: Python's JSON parser holds the GIL for the whole
 parse (~5 ms per MiB), so a thread would stall the daemon's event loop as much as the loop itself.
-The children run this file with nothing but the standard library (`python -I -S`), and live as
+The children run this file (`python -I`: no environment, no user site), and live as
 long as the daemon: starting one per input cost more than the check (~50-250 ms against a few ms
 for a megabyte). A thread talks to a child over its pipes (the GIL is let go while it waits); a
 child ends when the daemon's end of its stdin closes, the daemon's exit included.
@@ -25,6 +25,8 @@ import struct
 import subprocess
 import sys
 import weakref
+
+import msgspec
 
 # Inputs up to this size are checked on the event loop (a millisecond or two).
 INLINE_BYTES = 64 * 1024
@@ -42,6 +44,13 @@ _NESTING[ord("]")] = _NESTING[ord("}")] = -1
 _DEPTH_SLICE = 1024 * 1024
 
 
+# msgspec checks JSON syntax without building values (msgspec.Raw), ten to forty times faster
+# than the standard parser: what it accepts, JSON.parse accepts. It refuses a little more (a lone
+# surrogate escape, "\ud800", which JSON.parse takes), so its "no" is only a reason to ask the
+# standard parser, whose verdict and message stand.
+_SYNTAX = msgspec.json.Decoder(msgspec.Raw)
+
+
 class InvalidJson(ValueError):
     """The input is not strict JSON; the message says why."""
 
@@ -54,6 +63,11 @@ def check(raw: bytes, max_depth: int) -> None:
         raise InvalidJson(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     if _nests_deeper(raw, max_depth):
         raise InvalidJson(f"nested more than max_input_depth={max_depth} arrays and objects deep")
+    try:
+        _SYNTAX.decode(raw)
+        return
+    except msgspec.DecodeError:
+        pass  # the standard parser has the last word, and says why
     try:
         # parse_int: any integer is valid JSON; converting it is not needed, and Python's int()
         # refuses more than 4300 digits where JavaScript reads a float.
@@ -87,7 +101,7 @@ class _Checker:
 
     def __init__(self) -> None:
         self._process = subprocess.Popen(
-            [sys.executable, "-I", "-S", __file__],
+            [sys.executable, "-I", __file__],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
