@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -23,10 +24,13 @@ _LEVELS = {
 }
 
 
-def _now() -> Timestamp:
-    stamp = Timestamp()
-    stamp.GetCurrentTime()
-    return stamp
+_NS_PER_S = 1_000_000_000
+
+
+def _stamp(stamp: Timestamp) -> None:
+    """Set `stamp` to now, in place: Timestamp.GetCurrentTime goes through a datetime, and a
+    Timestamp given to a message's constructor is copied (a third of an event's cost)."""
+    stamp.seconds, stamp.nanos = divmod(time.time_ns(), _NS_PER_S)
 
 
 class EventStamper:
@@ -41,9 +45,9 @@ class EventStamper:
         message = pb.ExecutionEvent(
             execution_id=self.execution_id,
             seq=self._seq,
-            time=_now(),
             **event,  # type: ignore[arg-type]
         )
+        _stamp(message.time)
         self._seq += 1
         return message
 
@@ -55,15 +59,15 @@ class EventStamper:
     ) -> pb.ExecutionEvent:
         """A log line; `ms` is the runner's own timestamp when it sent one (frames.Log has
         checked that it is within a Timestamp's range)."""
-        stamp = _now()
-        if ms is not None:
-            stamp.FromMilliseconds(ms)
         log = pb.Log(
             step=step.name,
             level=_LEVELS.get(level, pb.LOG_LEVEL_INFO),
             text=self._redact(text),
-            time=stamp,
         )
+        if ms is None:
+            _stamp(log.time)
+        else:
+            log.time.FromMilliseconds(ms)
         return self.make(log=log)
 
     def truncation(self, step: StepPlan, what: str) -> pb.ExecutionEvent:

@@ -30,6 +30,7 @@ from sandboxd.egress import EgressGrant, EgressProxy, EgressSession, EgressUsage
 from sandboxd.events import EventStamper
 from sandboxd.frames import Error as ErrorHeader
 from sandboxd.frames import Log, ProtocolError, Result, Truncated
+from sandboxd.jail.cgroups import CgroupUsage
 from sandboxd.jail.errors import JailError
 from sandboxd.kinds import CancelledBeforeStart, ending_outcome, outcome_name
 from sandboxd.outcomes import StepFailure, classify_death, protocol_violation, runner_error
@@ -94,6 +95,8 @@ class Execution:
         self._events = EventStamper(plan.execution_id, Redactor(plan.credentials.values()))
         self._jail: PooledJail | None = None
         self._cancelled = False
+        # The jail's usage read when the last step ended; see _usage_now.
+        self._step_end: CgroupUsage | None = None
         # The task waiting for admission or a lease, until the execution has its jail.
         self.waiting_task: asyncio.Task[object] | None = None
 
@@ -170,14 +173,14 @@ class Execution:
         self, jail: PooledJail, output: JailOutput
     ) -> AsyncIterator[pb.ExecutionEvent]:
         began = time.monotonic()
-        cpu_mark = _cpu_time_us(jail)
+        cpu_mark = _cpu_time_us(_read_usage(jail))
         egress_mark = _egress_mark(self._egress)
         completed = 0
         failure: tuple[str, StepFailure] | None = None
         try:
             await self._send_context(jail)
         except StepFailure as exc:
-            usage = _usage(0, jail, cpu_mark, self._egress, egress_mark)
+            usage = _usage(0, _read_usage(jail), cpu_mark, self._egress, egress_mark)
             yield self._events.finished(0, ("", exc), usage)
             return
         async for step in self._step_source():
@@ -194,8 +197,18 @@ class Execution:
                 yield self._events.step_failed(step, exc)
                 if not (self.plan.session and exc.recoverable):
                     break
-        usage = _usage(time.monotonic() - began, jail, cpu_mark, self._egress, egress_mark)
+        duration = time.monotonic() - began
+        usage = _usage(duration, self._usage_now(jail), cpu_mark, self._egress, egress_mark)
         yield self._events.finished(completed, failure, usage)
+
+    def _usage_now(self, jail: PooledJail) -> CgroupUsage | None:
+        """The jail's usage now. A plan's steps follow one another without waiting for anyone,
+        so the reading its last step ended with stands for now (each read opens cgroup files);
+        a session waits for its caller between steps, and reads afresh."""
+        reading, self._step_end = self._step_end, None
+        if reading is not None and not self.plan.session:
+            return reading
+        return _read_usage(jail)
 
     async def _step_source(self) -> AsyncIterator[StepPlan | StepFailure]:
         """The plan's steps, or the caller's as they come (a StepFailure ends the session)."""
@@ -243,7 +256,7 @@ class Execution:
         # Sending the step's work counts against its time: a runner that stops reading is late.
         deadline = began + limits.timeout_ms / 1000
         late = f"step {step.name!r} ran past its time limit of {limits.timeout_ms} ms"
-        cpu_mark = _cpu_time_us(jail)
+        cpu_mark = _cpu_time_us(self._usage_now(jail))
         egress_mark = _egress_mark(self._egress)
         output.begin_step(step.index, limits)
         if step.input is not None:
@@ -265,7 +278,8 @@ class Execution:
             if isinstance(item, Frame) and isinstance(item.header, Result):
                 await _check_result(jail, item.header, item.body)
                 duration = time.monotonic() - began
-                usage = _usage(duration, jail, cpu_mark, self._egress, egress_mark)
+                self._step_end = _read_usage(jail)
+                usage = _usage(duration, self._step_end, cpu_mark, self._egress, egress_mark)
                 for event in self._events.step_result(step, item.header, item.body, usage):
                     yield event
                 return
@@ -377,12 +391,17 @@ async def _check_result(jail: PooledJail, header: Result, body: bytes) -> None:
         raise protocol_violation(f"'result' frame: body is not JSON: {exc}") from None
 
 
-def _cpu_time_us(jail: PooledJail) -> int:
+def _read_usage(jail: PooledJail) -> CgroupUsage | None:
+    """The jail's usage so far; None without a cgroup, or when it cannot be read."""
     if jail.cgroup is None:
-        return 0
+        return None
     with contextlib.suppress(OSError):
-        return jail.cgroup.usage().cpu_time_us
-    return 0
+        return jail.cgroup.usage()
+    return None
+
+
+def _cpu_time_us(reading: CgroupUsage | None) -> int:
+    return 0 if reading is None else reading.cpu_time_us
 
 
 def _egress_mark(session: EgressSession | None) -> EgressUsage:
@@ -392,12 +411,13 @@ def _egress_mark(session: EgressSession | None) -> EgressUsage:
 
 def _usage(
     duration: float,
-    jail: PooledJail,
+    measured: CgroupUsage | None,
     cpu_since_us: int,
     egress: EgressSession | None,
     egress_since: EgressUsage,
 ) -> pb.Usage:
-    """Wall time, cpu time and egress since their marks, and the jail's peak memory so far."""
+    """Wall time, cpu time (`measured` now) and egress since their marks, and the jail's peak
+    memory so far."""
     usage = pb.Usage(duration_us=int(duration * 1e6))
     if egress is not None:
         now = egress.usage
@@ -405,11 +425,9 @@ def _usage(
         usage.egress_bytes_received = now.bytes_received - egress_since.bytes_received
         usage.egress_connections = now.connections - egress_since.connections
         usage.egress_denied = now.denied - egress_since.denied
-    if jail.cgroup is not None:
-        with contextlib.suppress(OSError):
-            measured = jail.cgroup.usage()
-            usage.cpu_time_us = max(0, measured.cpu_time_us - cpu_since_us)
-            usage.peak_memory_bytes = measured.peak_memory_bytes
+    if measured is not None:
+        usage.cpu_time_us = max(0, measured.cpu_time_us - cpu_since_us)
+        usage.peak_memory_bytes = measured.peak_memory_bytes
     return usage
 
 
@@ -478,9 +496,10 @@ class Executor:
             async with self.admission.admit(plan.tenant_id):
                 async for event in _finishing(execution):
                     observer.event(event)
-                    if event.HasField("execution_finished"):
+                    kind = event.WhichOneof("event")
+                    if kind == "execution_finished":
                         finished = event.execution_finished
-                    elif event.HasField("result_chunk") or event.HasField("step_finished"):
+                    elif kind in {"result_chunk", "step_finished"}:
                         moved += event.ByteSize()
                     yield event
         except asyncio.CancelledError as exc:

@@ -338,8 +338,11 @@ async def _chunked_input(
 
 def _failed_inside(event: pb.ExecutionEvent) -> bool:
     """Whether `event` ends an execution that failed of the daemon's own fault."""
-    finished = event.execution_finished
-    return event.HasField("execution_finished") and finished.error_kind == pb.ERROR_KIND_INTERNAL
+    # The oneof first: reading an unset message field builds an empty one.
+    return (
+        event.HasField("execution_finished")
+        and event.execution_finished.error_kind == pb.ERROR_KIND_INTERNAL
+    )
 
 
 def _deadline_passed(context: grpc.aio.ServicerContext) -> bool:
