@@ -70,7 +70,8 @@ def serving_context() -> otel_context.Context | None:
 class RpcTelemetry(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Traces and times every RPC of the server it is given to (`grpc.aio.server(interceptors=)`).
 
-    `server_port` is set once the server is bound (the daemon may listen on port 0).
+    `server_port` is set once the server is bound (the daemon may listen on port 0). When
+    nothing is `recording` (no exporter), every handler is served as it is, unwrapped.
     """
 
     def __init__(
@@ -79,7 +80,10 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         meter: metrics.Meter,
         server_address: str,
         server_port: int | None = None,
+        *,
+        recording: bool = True,
     ):
+        self._recording = recording
         self._tracer = tracer
         self._duration = meter.create_histogram(
             RPC_SERVER_DURATION,
@@ -96,7 +100,7 @@ class RpcTelemetry(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
-        if handler is None:
+        if handler is None or not self._recording:
             return handler
         method: str = handler_call_details.method
         if handler.response_streaming:
