@@ -40,6 +40,8 @@ PREFIX_SIZE = _PREFIX.size
 _READ_BUFFER_BYTES = 2 * 1024 * 1024
 # A frame body is written in pieces of the jail's pipe size (jail/forkserver.py).
 _WRITE_PIECE_BYTES = 1024 * 1024
+# A body up to this size goes out with its frame's head in one write.
+_JOINED_BODY_BYTES = 64 * 1024
 
 # Called with a frame's header, header length and body length before its body is read: raises
 # ProtocolError (or the caller's own budget error) to refuse the frame.
@@ -141,16 +143,25 @@ class RunnerChannel:
     async def send(self, header: dict[str, Any], body: bytes, timeout_s: float) -> None:
         """Write a frame; TimeoutError when the runner has not taken it within `timeout_s`:
         a runner that stops reading holds up no one but its own execution."""
-        # Head and body apart, and the body a piece at a time: the transport copies whatever the
-        # pipe does not take at once into its buffer, on the loop (a 64 MiB body stalled it
-        # 60 ms); a piece the size of the pipe is taken whole, or waits for the runner to read.
-        self._work.write(encode_head(header, len(body)))
+        head = encode_head(header, len(body))
         async with asyncio.timeout(max(0.0, timeout_s)):
-            view = memoryview(body)
-            for start in range(0, len(body), _WRITE_PIECE_BYTES):
-                self._work.write(view[start : start + _WRITE_PIECE_BYTES])
-                await self._work.drain()
+            if len(body) <= _JOINED_BODY_BYTES:
+                # One write, one wake-up of the runner: a small body costs less to copy.
+                self._work.write(head + body)
+            else:
+                self._work.write(head)
+                await self._write_pieces(body)
+            await self._work.drain()
+
+    async def _write_pieces(self, body: bytes) -> None:
+        """The body a piece at a time: the transport copies whatever the pipe does not take at
+        once into its buffer, on the loop (a 64 MiB body stalled it 60 ms); a piece the size of
+        the pipe is taken whole, or waits for the runner to read."""
+        view = memoryview(body)
+        for start in range(0, len(body), _WRITE_PIECE_BYTES):
+            if start:
                 await asyncio.sleep(0)  # drain returns at once while the runner keeps up
+            self._work.write(view[start : start + _WRITE_PIECE_BYTES])
             await self._work.drain()
 
     async def receive(self, max_body: int) -> Frame | None:
