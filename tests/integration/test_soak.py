@@ -166,8 +166,8 @@ async def test_soak_leaves_nothing_behind() -> None:
     )
     assert outcomes == collections.Counter({k: round(v * EXECUTIONS) for k, v in expected.items()})
     print(f"soak: {EXECUTIONS} executions, before {before}, after {after}")
-    # Two processes per warm jail (its keeper and its runner), one cgroup each, nothing else.
-    assert after["jail_processes"] == before["jail_processes"] == 2 * POOL_SIZE
+    # One process per warm jail (its runner), one cgroup each, nothing else.
+    assert after["jail_processes"] == before["jail_processes"] == POOL_SIZE
     assert after["jail_cgroups"] == before["jail_cgroups"] == POOL_SIZE
     assert after["host_mounts"] == before["host_mounts"]
     assert after["fds"] == before["fds"]
