@@ -266,3 +266,22 @@ async def test_client_reads_the_standard_error_details(client: SandboxClient) ->
     assert caught.value.kind is ErrorKind.INVALID_REQUEST
     assert caught.value.field == "steps[0].name"
     assert caught.value.message.startswith("step 0: name 'bad name' must match")
+
+
+async def test_usage_counts_each_step_within_the_execution(client: SandboxClient) -> None:
+    # Each step spins until Node says it used 100 ms of CPU, and returns what it measured.
+    spin = (
+        "module.exports = () => { const start = process.cpuUsage(); let used = 0;"
+        " while (used < 100000) { const u = process.cpuUsage(start); used = u.user + u.system; }"
+        " return used; }"
+    )
+    events = await collect(client, [Step("a", spin), Step("b", spin)])
+    steps = [event.step_finished for event in events if event.HasField("step_finished")]
+    finished = events[-1].execution_finished
+    assert finished.status == pb.EXECUTION_STATUS_SUCCEEDED
+    for step in steps:
+        assert step.usage.cpu_time_us >= json.loads(step.json) >= 100_000
+        assert 0 < step.usage.peak_memory_bytes <= finished.usage.peak_memory_bytes
+    # The execution's CPU holds both steps' (their intervals do not overlap) and its own start.
+    assert finished.usage.cpu_time_us >= sum(step.usage.cpu_time_us for step in steps)
+    assert finished.usage.duration_us >= sum(step.usage.duration_us for step in steps)
