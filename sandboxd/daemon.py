@@ -128,6 +128,7 @@ class Daemon:
             maximum=settings.pool_max,
             uid_base=settings.uid_base,
             cgroups=self._cgroups,
+            reserve=settings.pool_reserve,
             on_started=self.telemetry.jail_started,
         )
         self._egress = _egress_gateway(settings, self.telemetry)
@@ -279,13 +280,12 @@ class Daemon:
             else f"{listen.rsplit(':', 1)[0]}:{self.port}"
         )
         print(f"sandboxd: serving on {where}", flush=True)
-        await stop.wait()
         settle_heap()
+        await stop.wait()
         log.info("shutting down: draining for up to %.0f s", self.settings.shutdown_grace_s)
         await self.stop()
 
 
-class ListenError(Exception):
 def settle_heap() -> None:
     """Collect once, then exempt everything alive from the cyclic collector for good.
 
@@ -298,6 +298,7 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+class ListenError(Exception):
     """The daemon cannot listen where the settings say (the port is taken, the path unusable)."""
 
 

@@ -122,7 +122,8 @@ class Execution:
         plan = self.plan
         began = time.monotonic()
         jail_limits = plan.limits.jail_limits(self._pool.limits.cpu_quota)
-        async with self._pool.lease(jail_limits) as jail, self._egress_for(jail) as egress:
+        lease = self._pool.lease(plan.tenant_id, jail_limits)
+        async with lease as jail, self._egress_for(jail) as egress:
             self._jail = jail
             self._egress = egress
             self.waiting_task = None
@@ -564,9 +565,9 @@ def release_memory() -> None:
     tracebacks) that only the cyclic collector frees; with a 16 MiB payload the daemon's memory
     climbed in a saw-tooth to twice its size before a collection came. A full collection after an
     execution that moved megabytes keeps it flat, then glibc gets the freed pages back.
-    """
 
     The collection is short because the daemon's start froze its heap (`daemon.settle_heap`);
     malloc_trim walks glibc's arenas without the GIL, in a thread, so the loop goes on meanwhile.
+    """
     gc.collect()
     asyncio.get_running_loop().run_in_executor(None, _libc.malloc_trim, 0)

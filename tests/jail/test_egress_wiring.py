@@ -179,13 +179,6 @@ async def proxy_for(jail: PooledJail, servers: Servers) -> AsyncIterator[Connect
 
 
 @pytest.fixture
-async def launcher() -> AsyncIterator[JailLauncher]:
-    started = await JailLauncher.start(seccomp=True)
-    yield started
-    await started.close()
-
-
-@pytest.fixture
 async def pool(launcher: JailLauncher) -> AsyncIterator[JailPool]:
     jails = JailPool(
         launcher,
@@ -226,7 +219,7 @@ async def run_proxied(
     pool: JailPool, servers: Servers, code: str, input: Any = None
 ) -> tuple[Any, list[str]]:
     """Run a step in a fresh jail served by the test's proxy: its result and the CONNECT lines."""
-    async with pool.lease() as jail, proxy_for(jail, servers) as proxy:
+    async with pool.lease("tenant") as jail, proxy_for(jail, servers) as proxy:
         seen = await run_step(jail, code, ca_pem=servers.ca_pem, input=input)
     return seen, proxy.connects
 
@@ -460,7 +453,7 @@ module.exports = async () => {
 async def test_without_the_proxy_socket_requests_fail_at_once_with_egress_denied(
     pool: JailPool,
 ) -> None:
-    async with pool.lease() as jail:
+    async with pool.lease("tenant") as jail:
         os.close(jail.take_proxy_fd())  # what an execution without egress does
         seen = await run_step(jail, NO_PROXY)
     none = "denied by the egress policy: no egress is allowed for this execution"
@@ -506,7 +499,7 @@ module.exports = async () => {
 
 
 async def test_the_runner_holds_no_socket_and_the_jail_has_only_lo(pool: JailPool) -> None:
-    async with pool.lease() as jail:
+    async with pool.lease("tenant") as jail:
         proxy_inode = os.fstat(jail.jail.proxy_fd).st_ino
         seen = await run_step(jail, INSIDE)
     links: dict[str, str] = seen["links"]
@@ -527,7 +520,7 @@ async def test_the_runner_holds_no_socket_and_the_jail_has_only_lo(pool: JailPoo
 
 
 async def test_the_proxy_socket_listens_on_the_jails_loopback_only(pool: JailPool) -> None:
-    async with pool.lease() as jail:
+    async with pool.lease("tenant") as jail:
         fd = jail.jail.proxy_fd
         with socket.socket(fileno=os.dup(fd)) as listening:
             assert listening.getsockname() == ("127.0.0.1", EGRESS_PROXY_PORT)

@@ -1,0 +1,152 @@
+"""The pool's fair queue (sandboxd.pool.leasing): round robin by tenant, the reserve rule, and no
+starvation. Its own logic, so it is driven directly: the jails handed out are plain strings."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+
+import pytest
+
+from sandboxd.pool import FairLeases, PoolClosed
+from sandboxd.pool.leasing import PRESENCE_S
+
+
+def warm(*names: str) -> collections.deque[str]:
+    return collections.deque(names)
+
+
+def handed(waiters: list[asyncio.Future[str]]) -> list[str | None]:
+    return [w.result() if w.done() else None for w in waiters]
+
+
+async def test_waiters_are_served_round_robin_by_tenant_and_fifo_within_one() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=0)
+    order = ["flood", "flood", "flood", "b", "c"]
+    waiters = [leases.wait(tenant) for tenant in order]
+    jails = warm("j1", "j2", "j3", "j4", "j5")
+    assert leases.dispatch(jails, starting=0) == 5
+    # flood's first, then b and c in their turn, then flood's others in their own order.
+    assert handed(waiters) == ["j1", "j4", "j5", "j2", "j3"]
+    assert leases.waiting == 0
+    assert (leases.holding("flood"), leases.holding("b"), leases.holding("c")) == (3, 1, 1)
+
+
+async def test_a_tenant_with_many_waiters_delays_a_newcomer_by_one_jail_at_most() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=0)
+    flood = [leases.wait("flood") for _ in range(10)]
+    jails = warm("j1")
+    leases.dispatch(jails, starting=1)
+    quiet = leases.wait("quiet")  # behind flood's next turn, ahead of all its other waiters
+    jails.extend(["j2", "j3"])
+    leases.dispatch(jails, starting=1)
+    assert quiet.result() == "j3"
+    assert handed(flood)[:3] == ["j1", "j2", None]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def seen(leases: FairLeases[str], tenant: str) -> None:
+    """`tenant` leased a jail and its lease ended: it is present, with no requests now."""
+    waiter = leases.wait(tenant)
+    leases.dispatch(warm("earlier"), starting=0)
+    assert waiter.result() == "earlier"
+    leases.returned(tenant)
+
+
+async def test_a_tenant_above_the_average_may_not_take_the_reserve_while_a_jail_starts() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=2)
+    seen(leases, "quiet")
+    for _ in range(3):
+        leases.took("flood")
+    flood = leases.wait("flood")
+    jails = warm("r1", "r2")
+    assert leases.dispatch(jails, starting=1) == 0
+    assert not flood.done() and list(jails) == ["r1", "r2"]
+    quiet = leases.wait("quiet")
+    assert leases.dispatch(jails, starting=1) == 1
+    assert quiet.result() == "r1" and not flood.done()
+
+
+async def test_beyond_the_reserve_every_jail_goes_to_the_waiting_flood() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=1)
+    seen(leases, "quiet")
+    flood = [leases.wait("flood") for _ in range(3)]
+    jails = warm("j1", "j2", "r1")
+    assert leases.dispatch(jails, starting=2) == 2
+    assert handed(flood) == ["j1", "j2", None]
+    assert list(jails) == ["r1"]
+
+
+async def test_the_reserve_goes_to_the_flood_when_no_jail_is_starting() -> None:
+    # At the pool's maximum (or with failing starts) no jail will come: nothing may starve.
+    leases: FairLeases[str] = FairLeases(reserve=2)
+    seen(leases, "quiet")
+    leases.took("flood")
+    flood = leases.wait("flood")
+    jails = warm("r1", "r2")
+    assert leases.dispatch(jails, starting=0) == 1
+    assert flood.result() == "r1"
+
+
+async def test_only_tenants_above_the_average_of_those_present_are_held_off() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=1)
+    for tenant, count in (("a", 2), ("b", 2), ("light", 1)):
+        for _ in range(count):
+            leases.took(tenant)
+    # Requests: a 3, b 2, light 2; 7 over 3 tenants. "a" is above the average, "light" is not.
+    a, light = leases.wait("a"), leases.wait("light")
+    assert leases.dispatch(warm("r1"), starting=1) == 1
+    assert (a.done(), light.result()) == (False, "r1")
+
+
+async def test_a_tenant_alone_takes_the_reserve() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=2)
+    for _ in range(5):
+        leases.took("solo")
+    waiter = leases.wait("solo")
+    assert leases.dispatch(warm("r1", "r2"), starting=1) == 1
+    assert waiter.result() == "r1"
+
+
+async def test_a_tenant_counts_as_present_for_a_while_after_it_asked() -> None:
+    clock = Clock()
+    leases: FairLeases[str] = FairLeases(reserve=1, clock=clock)
+    seen(leases, "quiet")
+    leases.took("flood")
+    first = leases.wait("flood")
+    jails = warm("r1")
+    clock.now += PRESENCE_S - 1
+    assert leases.dispatch(jails, starting=1) == 0
+    clock.now += 2  # quiet has not asked for PRESENCE_S: the flood is alone
+    assert leases.dispatch(jails, starting=1) == 1
+    assert first.result() == "r1"
+
+
+async def test_a_cancelled_waiter_loses_its_turn_and_a_handed_jail_comes_back() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=0)
+    gone, stays = leases.wait("a"), leases.wait("b")
+    gone.cancel()
+    assert leases.dispatch(warm("j1"), starting=0) == 1
+    assert stays.result() == "j1"
+    assert leases.withdraw("a", gone) is None
+    late = leases.wait("c")
+    leases.dispatch(warm("j2"), starting=0)
+    assert leases.withdraw("c", late) == "j2"  # handed, then its caller went away
+    assert (leases.holding("c"), leases.waiting) == (0, 0)
+
+
+async def test_close_fails_every_waiter_with_the_error_given() -> None:
+    leases: FairLeases[str] = FairLeases(reserve=0)
+    waiter = leases.wait("a")
+    leases.close(PoolClosed("the daemon is shutting down"))
+    with pytest.raises(PoolClosed, match="shutting down"):
+        await waiter
+    assert leases.withdraw("a", waiter) is None
+    assert leases.waiting == 0
