@@ -213,7 +213,7 @@ class JailPool:
         return jail
 
     def _dispatch(self) -> None:
-        self._leased += self._leases.dispatch(self._warm, self._starting)
+        self._leased += self._leases.dispatch(self._warm, self._starting, self._sizing.start_s)
 
     async def _take_dedicated(self, tenant: str, limits: JailLimits) -> PooledJail:
         if self._closed:

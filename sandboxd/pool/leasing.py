@@ -7,11 +7,14 @@ jail and every fresh one before a quiet tenant's single request. Instead:
   gets one of every K jails handed out.
 - The last `reserve` warm jails are kept for tenants that ask little. A tenant whose requests at
   the pool (jails it leases now plus its waiters) are above the average of the tenants present
-  may not take one of them while a jail is starting; it waits for that jail instead. Present are
-  the tenants with requests now and those that asked in the last `PRESENCE_S` seconds, so a quiet
-  tenant between two executions still counts, and a tenant alone is never held off.
+  may not take one of them while a jail is starting, for about as long as a start takes; it
+  waits for that jail instead. Present are the tenants with requests now and those that asked in
+  the last `PRESENCE_S` seconds, so a quiet tenant between two executions still counts, and a
+  tenant alone is never held off.
 - Nothing starves: a held-off waiter gets every jail beyond the reserve, and the reserve itself
-  when no jail is starting (the pool is at its maximum, or its starts fail).
+  once it has waited `hold_s` (a jail start's usual time: the jail it waits for is late), or when
+  no jail is starting (the pool is at its maximum, or its starts fail). At saturation, when every
+  waiter waits longer than a start, the reserve thus gives way and round robin alone remains.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class FairLeases(Generic[J]):
         self._tenants: dict[str, _Tenant[J]] = {}
         self._turns: collections.deque[str] = collections.deque()  # tenants with waiters
         self._asked: dict[str, float] = {}  # when each tenant last asked, oldest first
+        self._since: dict[asyncio.Future[J], float] = {}  # when each waiter began to wait
         self._waiting = 0
         self._held = 0
 
@@ -71,6 +75,7 @@ class FairLeases(Generic[J]):
         self._asked[tenant] = self._clock()
         waiter: asyncio.Future[J] = asyncio.get_running_loop().create_future()
         state.waiters.append(waiter)
+        self._since[waiter] = self._asked[tenant]
         self._waiting += 1
         if tenant not in self._turns:
             self._turns.append(tenant)
@@ -85,6 +90,7 @@ class FairLeases(Generic[J]):
         state = self._tenants.get(tenant)
         if state is not None and waiter in state.waiters:
             state.waiters.remove(waiter)
+            del self._since[waiter]
             self._waiting -= 1
             if not state.waiters:
                 with contextlib.suppress(ValueError):
@@ -105,13 +111,15 @@ class FairLeases(Generic[J]):
         self._held -= 1
         self._forget_if_idle(tenant)
 
-    def dispatch(self, warm: collections.deque[J], starting: int) -> int:
-        """Hand warm jails (oldest first) to waiters, in turn order, under the reserve rule;
-        how many were handed out."""
+    def dispatch(self, warm: collections.deque[J], starting: int, hold_s: float) -> int:
+        """Hand warm jails (oldest first) to waiters, in turn order, under the reserve rule
+        (`starting`: jails being started; `hold_s`: how long a waiter may be held off the
+        reserve); how many were handed out."""
         handed = 0
-        while warm and (tenant := self._next_turn(len(warm), starting)) is not None:
+        while warm and (tenant := self._next_turn(len(warm), starting, hold_s)) is not None:
             state = self._tenants[tenant]
             waiter = state.waiters.popleft()
+            del self._since[waiter]
             self._waiting -= 1
             if state.waiters:
                 self._turns.append(tenant)
@@ -127,7 +135,7 @@ class FairLeases(Generic[J]):
                 if not waiter.done():
                     waiter.set_exception(error)
 
-    def _next_turn(self, warm: int, starting: int) -> str | None:
+    def _next_turn(self, warm: int, starting: int, hold_s: float) -> str | None:
         """The first tenant in turn order that may take one of `warm` jails; it leaves the
         turn order (`dispatch` puts it back at the end while it has more waiters)."""
         position = 0
@@ -136,20 +144,23 @@ class FairLeases(Generic[J]):
             state = self._tenants[tenant]
             # A cancelled waiter stays queued until its task wakes up; it must not use a turn.
             while state.waiters and state.waiters[0].done():
-                state.waiters.popleft()
+                del self._since[state.waiters.popleft()]
                 self._waiting -= 1
             if not state.waiters:
                 del self._turns[position]
                 self._forget_if_idle(tenant)
-            elif warm > self.reserve or starting == 0 or not self._above_share(state):
+            elif warm > self.reserve or starting == 0 or not self._held_off(state, hold_s):
                 del self._turns[position]
                 return tenant
             else:
                 position += 1
         return None
 
-    def _above_share(self, state: _Tenant[J]) -> bool:
-        """Whether the tenant's requests at the pool are above the present tenants' average."""
+    def _held_off(self, state: _Tenant[J], hold_s: float) -> bool:
+        """Whether the tenant's requests at the pool are above the present tenants' average,
+        and its first waiter has waited less than `hold_s`."""
+        if self._clock() - self._since[state.waiters[0]] >= hold_s:
+            return False
         return state.load * self._present() > self._held + self._waiting
 
     def _present(self) -> int:

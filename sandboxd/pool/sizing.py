@@ -77,9 +77,13 @@ class PoolSizing:
         while self._arrivals and self._arrivals[0] < now - _DEMAND_WINDOW_S:
             self._arrivals.popleft()
         rate = len(self._arrivals) / _DEMAND_WINDOW_S
+        return max(self.size, min(math.ceil(rate * self.start_s * 2), self._warm_ceiling))
+
+    @property
+    def start_s(self) -> float:
+        """A jail start's usual time: the median of the recent ones."""
         starts = sorted(self.stats.start_times_s)
-        start_s = starts[len(starts) // 2] if starts else _FIRST_START_GUESS_S
-        return max(self.size, min(math.ceil(rate * start_s * 2), self._warm_ceiling))
+        return starts[len(starts) // 2] if starts else _FIRST_START_GUESS_S
 
     def to_start(self, counts: PoolCounts) -> int:
         """Jails to start now: until warm + starting covers the target, or the waiters and the

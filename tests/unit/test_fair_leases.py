@@ -11,6 +11,8 @@ import pytest
 from sandboxd.pool import FairLeases, PoolClosed
 from sandboxd.pool.leasing import PRESENCE_S
 
+HOLD_S = 60.0  # longer than any test waits: the hold never ends unless a test moves its clock
+
 
 def warm(*names: str) -> collections.deque[str]:
     return collections.deque(names)
@@ -25,7 +27,7 @@ async def test_waiters_are_served_round_robin_by_tenant_and_fifo_within_one() ->
     order = ["flood", "flood", "flood", "b", "c"]
     waiters = [leases.wait(tenant) for tenant in order]
     jails = warm("j1", "j2", "j3", "j4", "j5")
-    assert leases.dispatch(jails, starting=0) == 5
+    assert leases.dispatch(jails, starting=0, hold_s=HOLD_S) == 5
     # flood's first, then b and c in their turn, then flood's others in their own order.
     assert handed(waiters) == ["j1", "j4", "j5", "j2", "j3"]
     assert leases.waiting == 0
@@ -36,10 +38,10 @@ async def test_a_tenant_with_many_waiters_delays_a_newcomer_by_one_jail_at_most(
     leases: FairLeases[str] = FairLeases(reserve=0)
     flood = [leases.wait("flood") for _ in range(10)]
     jails = warm("j1")
-    leases.dispatch(jails, starting=1)
+    leases.dispatch(jails, starting=1, hold_s=HOLD_S)
     quiet = leases.wait("quiet")  # behind flood's next turn, ahead of all its other waiters
     jails.extend(["j2", "j3"])
-    leases.dispatch(jails, starting=1)
+    leases.dispatch(jails, starting=1, hold_s=HOLD_S)
     assert quiet.result() == "j3"
     assert handed(flood)[:3] == ["j1", "j2", None]
 
@@ -55,7 +57,7 @@ class Clock:
 def seen(leases: FairLeases[str], tenant: str) -> None:
     """`tenant` leased a jail and its lease ended: it is present, with no requests now."""
     waiter = leases.wait(tenant)
-    leases.dispatch(warm("earlier"), starting=0)
+    leases.dispatch(warm("earlier"), starting=0, hold_s=HOLD_S)
     assert waiter.result() == "earlier"
     leases.returned(tenant)
 
@@ -67,10 +69,10 @@ async def test_a_tenant_above_the_average_may_not_take_the_reserve_while_a_jail_
         leases.took("flood")
     flood = leases.wait("flood")
     jails = warm("r1", "r2")
-    assert leases.dispatch(jails, starting=1) == 0
+    assert leases.dispatch(jails, starting=1, hold_s=HOLD_S) == 0
     assert not flood.done() and list(jails) == ["r1", "r2"]
     quiet = leases.wait("quiet")
-    assert leases.dispatch(jails, starting=1) == 1
+    assert leases.dispatch(jails, starting=1, hold_s=HOLD_S) == 1
     assert quiet.result() == "r1" and not flood.done()
 
 
@@ -79,7 +81,7 @@ async def test_beyond_the_reserve_every_jail_goes_to_the_waiting_flood() -> None
     seen(leases, "quiet")
     flood = [leases.wait("flood") for _ in range(3)]
     jails = warm("j1", "j2", "r1")
-    assert leases.dispatch(jails, starting=2) == 2
+    assert leases.dispatch(jails, starting=2, hold_s=HOLD_S) == 2
     assert handed(flood) == ["j1", "j2", None]
     assert list(jails) == ["r1"]
 
@@ -91,7 +93,7 @@ async def test_the_reserve_goes_to_the_flood_when_no_jail_is_starting() -> None:
     leases.took("flood")
     flood = leases.wait("flood")
     jails = warm("r1", "r2")
-    assert leases.dispatch(jails, starting=0) == 1
+    assert leases.dispatch(jails, starting=0, hold_s=HOLD_S) == 1
     assert flood.result() == "r1"
 
 
@@ -102,7 +104,7 @@ async def test_only_tenants_above_the_average_of_those_present_are_held_off() ->
             leases.took(tenant)
     # Requests: a 3, b 2, light 2; 7 over 3 tenants. "a" is above the average, "light" is not.
     a, light = leases.wait("a"), leases.wait("light")
-    assert leases.dispatch(warm("r1"), starting=1) == 1
+    assert leases.dispatch(warm("r1"), starting=1, hold_s=HOLD_S) == 1
     assert (a.done(), light.result()) == (False, "r1")
 
 
@@ -111,7 +113,7 @@ async def test_a_tenant_alone_takes_the_reserve() -> None:
     for _ in range(5):
         leases.took("solo")
     waiter = leases.wait("solo")
-    assert leases.dispatch(warm("r1", "r2"), starting=1) == 1
+    assert leases.dispatch(warm("r1", "r2"), starting=1, hold_s=HOLD_S) == 1
     assert waiter.result() == "r1"
 
 
@@ -123,21 +125,35 @@ async def test_a_tenant_counts_as_present_for_a_while_after_it_asked() -> None:
     first = leases.wait("flood")
     jails = warm("r1")
     clock.now += PRESENCE_S - 1
-    assert leases.dispatch(jails, starting=1) == 0
+    assert leases.dispatch(jails, starting=1, hold_s=HOLD_S) == 0
     clock.now += 2  # quiet has not asked for PRESENCE_S: the flood is alone
-    assert leases.dispatch(jails, starting=1) == 1
+    assert leases.dispatch(jails, starting=1, hold_s=HOLD_S) == 1
     assert first.result() == "r1"
+
+
+async def test_a_held_off_waiter_takes_the_reserve_once_it_waited_a_start() -> None:
+    clock = Clock()
+    leases: FairLeases[str] = FairLeases(reserve=1, clock=clock)
+    seen(leases, "quiet")
+    leases.took("flood")
+    flood = leases.wait("flood")
+    jails = warm("r1")
+    clock.now += 0.09
+    assert leases.dispatch(jails, starting=1, hold_s=0.1) == 0
+    clock.now += 0.01  # the jail started for it is late: it may have the reserve
+    assert leases.dispatch(jails, starting=1, hold_s=0.1) == 1
+    assert flood.result() == "r1"
 
 
 async def test_a_cancelled_waiter_loses_its_turn_and_a_handed_jail_comes_back() -> None:
     leases: FairLeases[str] = FairLeases(reserve=0)
     gone, stays = leases.wait("a"), leases.wait("b")
     gone.cancel()
-    assert leases.dispatch(warm("j1"), starting=0) == 1
+    assert leases.dispatch(warm("j1"), starting=0, hold_s=HOLD_S) == 1
     assert stays.result() == "j1"
     assert leases.withdraw("a", gone) is None
     late = leases.wait("c")
-    leases.dispatch(warm("j2"), starting=0)
+    leases.dispatch(warm("j2"), starting=0, hold_s=HOLD_S)
     assert leases.withdraw("c", late) == "j2"  # handed, then its caller went away
     assert (leases.holding("c"), leases.waiting) == (0, 0)
 
