@@ -13,9 +13,6 @@
 const fs = require('fs');
 const util = require('util');
 const net = require('net');
-const http = require('http');
-const https = require('https');
-const tls = require('tls');
 const Module = require('module');
 
 // ---------------------------------------------------------------------------------------------
@@ -90,12 +87,14 @@ const ModuleNodeModulePaths = Module._nodeModulePaths;
 
 const netConnect = net.connect;
 const netIsIP = net.isIP;
-const tlsConnect = tls.connect;
-const tlsCreateSecureContext = tls.createSecureContext;
-const HttpAgentPrototype = http.Agent.prototype;
-const HttpsAgentPrototype = https.Agent.prototype;
-const httpCreateConnection = HttpAgentPrototype.createConnection;
-const httpsCreateConnection = HttpsAgentPrototype.createConnection;
+// http, https and tls are loaded (about 5 ms) only after `ready`, by prepare(): see Start.
+let tls = null;
+let tlsConnect = null;
+let tlsCreateSecureContext = null;
+let HttpAgentPrototype = null;
+let HttpsAgentPrototype = null;
+let httpCreateConnection = null;
+let httpsCreateConnection = null;
 // fetch is Node's built-in (undici). Its dispatcher, which opens the connections, is an undici
 // Agent that Node creates when the fetch module loads, at the first use of fetch (or Headers,
 // Request, ...): loading it costs 20-50 ms, so only steps that use it pay. Even reading the
@@ -1105,6 +1104,13 @@ function usesDefaultTrust(options) {
 }
 
 function installEgress() {
+  tls = require('tls');
+  tlsConnect = tls.connect;
+  tlsCreateSecureContext = tls.createSecureContext;
+  HttpAgentPrototype = require('http').Agent.prototype;
+  HttpsAgentPrototype = require('https').Agent.prototype;
+  httpCreateConnection = HttpAgentPrototype.createConnection;
+  httpsCreateConnection = HttpsAgentPrototype.createConnection;
   HttpAgentPrototype.createConnection = createHttpConnection;
   HttpsAgentPrototype.createConnection = createHttpsConnection;
   if (typeof fetchBuiltin !== 'function') return;
@@ -1277,6 +1283,7 @@ function onStep(header, body) {
 
 // Handle queued frames until a step is running.
 function pump() {
+  prepare();
   while (!busy && queueHead !== null) {
     const item = queueHead;
     queueHead = item.next;
@@ -1310,18 +1317,32 @@ function listen() {
 // Start
 // ---------------------------------------------------------------------------------------------
 
-// Builtins that steps commonly use, loaded now so that the first step does not pay for them.
+// Builtins that steps commonly use, loaded before the first frame so that steps do not pay for
+// them.
 const PRELOAD = [
   'fs', 'path', 'util', 'crypto', 'zlib', 'url', 'events', 'stream', 'buffer', 'querystring',
   'string_decoder',
 ];
-for (const name of PRELOAD) require(name);
 
-installConsole();
-installStreams();
-installEgress();
-filterWarnings();
-process.on('uncaughtException', (err) => onStray(err, 'uncaught exception'));
-process.on('unhandledRejection', (reason) => onStray(reason, 'unhandled rejection'));
+// The runner says `ready` as soon as it can read frames, and loads the rest (about 8 ms: the
+// preloads, http/https/tls for the egress connector, process.stdout and stderr) right after, in
+// the time a warm jail waits for work anyway. The first frame waits for it if it comes sooner:
+// pump() calls prepare() before it handles any frame, so every step, and the exec frame before
+// it, finds the runner whole. No customer code runs before the first step frame.
+let prepared = false;
+
+function prepare() {
+  if (prepared) return;
+  prepared = true;
+  for (let i = 0; i < PRELOAD.length; i += 1) require(PRELOAD[i]);
+  installConsole();
+  installStreams();
+  installEgress();
+  filterWarnings();
+  process.on('uncaughtException', (err) => onStray(err, 'uncaught exception'));
+  process.on('unhandledRejection', (reason) => onStray(reason, 'unhandled rejection'));
+}
+
 listen();
 sendFrame({ __proto__: null, t: 'ready', node: NODE_VERSION });
+setImmediate(prepare);
