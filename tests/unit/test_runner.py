@@ -268,6 +268,44 @@ def test_ready_names_the_node_version(started: Runner) -> None:
     assert ready == Frame({"t": "ready", "node": version.stdout.decode().strip()}, b"")
 
 
+def test_frames_sent_before_ready_find_the_runner_whole(started: Runner) -> None:
+    # The runner loads its console, streams and egress connector after `ready`; frames already
+    # waiting on fd 3 when it starts must still meet all of them.
+    started.send(EXEC, b'{"n": 5}')
+    started.step(
+        0,
+        "early",
+        """module.exports = () => {
+          console.log('via console');
+          process.stdout.write('via stdout\\n');
+          setTimeout(() => { throw new Error('from a timer'); }, 0);
+          return new Promise(() => {});
+        };""",
+    )
+    started.step(
+        1,
+        "wiring",
+        """module.exports = () => ({
+          http: require('http').Agent.prototype.createConnection.name,
+          https: require('https').Agent.prototype.createConnection.name,
+          globalHttps: require('https').globalAgent.createConnection.name,
+          fetch: fetch.name,
+        });""",
+    )
+    ready = started.read()
+    assert ready is not None and ready.type == "ready"
+    before, outcome = started.outcome()
+    assert logs(before) == [("info", "via console"), ("info", "via stdout")]
+    assert_user_error(outcome, 0, "Error", "from a timer")
+    wiring = js(started.outcome()[1])
+    assert wiring == {
+        "http": "createHttpConnection",
+        "https": "createHttpsConnection",
+        "globalHttps": "createHttpsConnection",
+        "fetch": "fetch",
+    }
+
+
 def test_end_exits_zero_after_the_steps_sent_before_it(runner: Runner) -> None:
     # Sent back to back: `end` waits for the step, which itself waits on a timer.
     runner.step(0, "slow", "module.exports = () => new Promise(r => setTimeout(() => r(1), 50))")
