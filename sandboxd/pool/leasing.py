@@ -4,7 +4,9 @@ Where jails are scarce, first come first served lets a tenant with many requests
 jail and every fresh one before a quiet tenant's single request. Instead:
 
 - Waiters are served round robin by tenant (FIFO within a tenant): with K tenants waiting, each
-  gets one of every K jails handed out.
+  gets one of every K jails handed out. A tenant that begins to wait takes its place in the turns
+  by when it was last served, ahead of the tenants served since: a quiet tenant's request gets
+  the next jail, not the one after the flood's next.
 - The last `reserve` warm jails are kept for tenants that ask little. A tenant whose requests at
   the pool (jails it leases now plus its waiters) are above the average of the tenants present
   may not take one of them while a jail is starting, for about as long as a start takes; it
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,7 +56,9 @@ class FairLeases(Generic[J]):
         self.reserve = reserve
         self._clock = clock
         self._tenants: dict[str, _Tenant[J]] = {}
-        self._turns: collections.deque[str] = collections.deque()  # tenants with waiters
+        # Tenants with waiters, least recently served first.
+        self._turns: collections.deque[str] = collections.deque()
+        self._served: dict[str, float] = {}  # when each tenant was last handed a jail
         self._asked: dict[str, float] = {}  # when each tenant last asked, oldest first
         self._since: dict[asyncio.Future[J], float] = {}  # when each waiter began to wait
         self._waiting = 0
@@ -71,6 +76,7 @@ class FairLeases(Generic[J]):
     def wait(self, tenant: str) -> asyncio.Future[J]:
         """Queue a caller of `tenant`; its future gets the jail `dispatch` hands it."""
         state = self._tenants.setdefault(tenant, _Tenant())
+        self._forget_old()
         self._asked.pop(tenant, None)
         self._asked[tenant] = self._clock()
         waiter: asyncio.Future[J] = asyncio.get_running_loop().create_future()
@@ -78,7 +84,7 @@ class FairLeases(Generic[J]):
         self._since[waiter] = self._asked[tenant]
         self._waiting += 1
         if tenant not in self._turns:
-            self._turns.append(tenant)
+            self._take_turn(tenant)
         return waiter
 
     def withdraw(self, tenant: str, waiter: asyncio.Future[J]) -> J | None:
@@ -123,6 +129,8 @@ class FairLeases(Generic[J]):
             self._waiting -= 1
             if state.waiters:
                 self._turns.append(tenant)
+            self._served.pop(tenant, None)
+            self._served[tenant] = self._clock()
             self.took(tenant)
             waiter.set_result(warm.popleft())
             handed += 1
@@ -134,6 +142,14 @@ class FairLeases(Generic[J]):
             for waiter in state.waiters:
                 if not waiter.done():
                     waiter.set_exception(error)
+
+    def _take_turn(self, tenant: str) -> None:
+        """Queue the tenant's turn ahead of the tenants served after it (or ever, if it was not
+        served within PRESENCE_S)."""
+        last = self._served.get(tenant, -math.inf)
+        turns = self._turns
+        later = (i for i, other in enumerate(turns) if self._served.get(other, -math.inf) > last)
+        turns.insert(next(later, len(turns)), tenant)
 
     def _next_turn(self, warm: int, starting: int, hold_s: float) -> str | None:
         """The first tenant in turn order that may take one of `warm` jails; it leaves the
@@ -165,11 +181,16 @@ class FairLeases(Generic[J]):
 
     def _present(self) -> int:
         """Tenants with requests at the pool now, or that asked within PRESENCE_S."""
-        since = self._clock() - PRESENCE_S
-        while self._asked and next(iter(self._asked.values())) < since:
-            del self._asked[next(iter(self._asked))]
+        self._forget_old()
         recent = sum(1 for tenant in self._asked if tenant not in self._tenants)
         return len(self._tenants) + recent
+
+    def _forget_old(self) -> None:
+        """Drop the ask and serve times older than PRESENCE_S: state stays bounded."""
+        since = self._clock() - PRESENCE_S
+        for times in (self._asked, self._served):
+            while times and next(iter(times.values())) < since:
+                del times[next(iter(times))]
 
     def _forget_if_idle(self, tenant: str) -> None:
         """Drop a tenant that leases nothing and waits for nothing: state stays bounded."""

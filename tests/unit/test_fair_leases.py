@@ -34,16 +34,16 @@ async def test_waiters_are_served_round_robin_by_tenant_and_fifo_within_one() ->
     assert (leases.holding("flood"), leases.holding("b"), leases.holding("c")) == (3, 1, 1)
 
 
-async def test_a_tenant_with_many_waiters_delays_a_newcomer_by_one_jail_at_most() -> None:
+async def test_a_newcomer_gets_the_next_jail_ahead_of_a_tenant_with_many_waiters() -> None:
     leases: FairLeases[str] = FairLeases(reserve=0)
     flood = [leases.wait("flood") for _ in range(10)]
     jails = warm("j1")
     leases.dispatch(jails, starting=1, hold_s=HOLD_S)
-    quiet = leases.wait("quiet")  # behind flood's next turn, ahead of all its other waiters
+    quiet = leases.wait("quiet")  # never served: ahead of the flood, served a moment ago
     jails.extend(["j2", "j3"])
     leases.dispatch(jails, starting=1, hold_s=HOLD_S)
-    assert quiet.result() == "j3"
-    assert handed(flood)[:3] == ["j1", "j2", None]
+    assert quiet.result() == "j2"
+    assert handed(flood)[:3] == ["j1", "j3", None]
 
 
 class Clock:
@@ -60,6 +60,21 @@ def seen(leases: FairLeases[str], tenant: str) -> None:
     leases.dispatch(warm("earlier"), starting=0, hold_s=HOLD_S)
     assert waiter.result() == "earlier"
     leases.returned(tenant)
+
+
+async def test_a_tenant_takes_its_turn_ahead_of_those_served_after_it() -> None:
+    clock = Clock()
+    leases: FairLeases[str] = FairLeases(reserve=0, clock=clock)
+    seen(leases, "a")
+    clock.now += 1
+    seen(leases, "b")
+    clock.now += 1
+    flood = [leases.wait("flood") for _ in range(3)]
+    leases.dispatch(warm("j1"), starting=1, hold_s=HOLD_S)
+    b, a = leases.wait("b"), leases.wait("a")  # turns: a (served first), b, then flood
+    jails = warm("j2", "j3", "j4")
+    assert leases.dispatch(jails, starting=1, hold_s=HOLD_S) == 3
+    assert (a.result(), b.result(), handed(flood)) == ("j2", "j3", ["j1", "j4", None])
 
 
 async def test_a_tenant_above_the_average_may_not_take_the_reserve_while_a_jail_starts() -> None:
