@@ -28,8 +28,8 @@ class Settings:
     rootfs: str = DEFAULT_ROOTFS
     pool_size: int = 4  # warm jails kept ready
     pool_max: int = 32  # jails alive at once, warm and leased
-    # Warm jails kept for tenants that lease little: a tenant leasing more than its share of
-    # the leased jails waits for a fresh jail rather than take these (docs/architecture.md).
+    # Warm jails (at most pool_size) kept for tenants that ask little: a tenant asking more than
+    # the average waits for a fresh jail rather than take these (docs/architecture.md).
     pool_reserve: int = 2
     # Executions running at once. Beyond it they wait in fair admission (round robin over
     # tenants), not first come first served for a jail: 0 means four per core.
@@ -106,8 +106,8 @@ class Settings:
     def validate(self) -> Settings:
         if self.pool_size < 0 or self.pool_max < 1 or self.pool_size > self.pool_max:
             raise ConfigError("pool_size must be between 0 and pool_max, pool_max at least 1")
-        if not 0 <= self.pool_reserve <= self.pool_max:
-            raise ConfigError("pool_reserve must be between 0 and pool_max")
+        if self.pool_reserve < 0:  # above pool_size it is capped at pool_size
+            raise ConfigError("pool_reserve must be at least 0")
         if self.uid_base < 1000:
             raise ConfigError("uid_base must be an unprivileged host uid (>= 1000)")
         if self.cgroups not in ("auto", "v2", "v1", "none"):
