@@ -302,6 +302,9 @@ def _summary(
     return {
         "runs": runs,
         "cgroups": mode,
+        # Either one removes the cgroup join's grace period (README, "A jail's start").
+        "cgroup_favordynmods": cgroups.favors_dynamic_moves() if mode != "none" else None,
+        "rcu_expedited": _rcu_expedited(),
         "load_before": load,
         "median_ms": {name: round(value, 2) for name, value in medians.items()},
         "vs_node_e0": {name: round(value / floor, 3) for name, value in medians.items()},
@@ -311,6 +314,14 @@ def _summary(
             else None
         ),
     }
+
+
+def _rcu_expedited() -> bool | None:
+    try:
+        with open("/sys/kernel/rcu_expedited") as setting:
+            return setting.read().strip() != "0"
+    except OSError:
+        return None
 
 
 def main(argv: list[str] | None = None) -> None:

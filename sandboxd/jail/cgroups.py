@@ -418,6 +418,18 @@ def detect(root: str = "/sys/fs/cgroup") -> CgroupMode:
     return "none"
 
 
+def favors_dynamic_moves() -> bool:
+    """Whether a cgroup hierarchy is mounted with `favordynmods` (Linux 6.0+; one is enough,
+    the lock it changes is global).
+
+    Without it, the first move of a process into a cgroup after a pause (a jail joining its
+    own) waits for an RCU grace period: 11-22 ms of a jail's start on a HZ 250 host
+    (benchmarks/README.md, "A jail's start to ready"). Kernels built with
+    CONFIG_CGROUP_FAVOR_DYNMODS behave the same without the option showing.
+    """
+    return any("favordynmods" in mount.options for mount in _cgroup_mounts())
+
+
 def _is_v1_under(mount: _Mount, root: str) -> bool:
     return mount.fstype == "cgroup" and mount.point.startswith(root + "/")
 

@@ -26,6 +26,7 @@ from sandboxd.jail.cgroups import (
     V1Cgroup,
     V2Cgroup,
     detect,
+    favors_dynamic_moves,
     open_driver,
 )
 
@@ -147,6 +148,15 @@ def test_detect_matches_the_files_of_this_host() -> None:
     )
     assert detect() == expected
     assert detect("/nonexistent") == "none"
+
+
+def test_favors_dynamic_moves_reads_the_mount_options_of_this_host() -> None:
+    with open("/proc/mounts") as mounts:
+        rows = [line.split() for line in mounts]
+    expected = any(
+        row[2] in ("cgroup", "cgroup2") and "favordynmods" in row[3].split(",") for row in rows
+    )
+    assert favors_dynamic_moves() is expected
 
 
 @pytest.mark.skipif(not os.path.exists(f"{UNIFIED}/cgroup.procs"), reason="no hybrid v2 tree")
