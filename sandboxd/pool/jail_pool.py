@@ -36,8 +36,8 @@ _REFILL_CPU_WEIGHT = 50  # half a running jail's share: refills go on, execution
 class JailPool:
     """Keeps `size` jails warm (more while demand is high), up to `maximum` alive in all; starts
     more while callers wait; replaces a warm jail that dies while idle (and counts it); refills
-    in the background after every lease. `reserve` warm jails are kept for tenants that lease
-    little (`sandboxd.pool.leasing`)."""
+    in the background after every lease. `reserve` warm jails are kept for tenants below their
+    share of the jails granted lately (`sandboxd.pool.leasing`)."""
 
     def __init__(
         self,
@@ -179,7 +179,7 @@ class JailPool:
             # the jail's exit and cgroup removal (most of a warm execution's time otherwise).
             self._reaper.retire(jail, self._freed)
             self._leases.returned(tenant)
-            self._dispatch()  # the tenant's share fell: a held-off waiter may now take a jail
+            self._dispatch()  # a tenant that leases nothing more may leave the present ones
 
     def _freed(self) -> None:
         """A leased jail is freed: it counted as leased until now, so its uid and cgroup are
@@ -213,7 +213,7 @@ class JailPool:
         return jail
 
     def _dispatch(self) -> None:
-        self._leased += self._leases.dispatch(self._warm, self._starting, self._sizing.start_s)
+        self._leased += self._leases.dispatch(self._warm, self._starting)
 
     async def _take_dedicated(self, tenant: str, limits: JailLimits) -> PooledJail:
         if self._closed:

@@ -7,16 +7,18 @@ jail and every fresh one before a quiet tenant's single request. Instead:
   gets one of every K jails handed out. A tenant that begins to wait takes its place in the turns
   by when it was last served, ahead of the tenants served since: a quiet tenant's request gets
   the next jail, not the one after the flood's next.
-- The last `reserve` warm jails are kept for tenants that ask little. A tenant whose requests at
-  the pool (jails it leases now plus its waiters) are above the average of the tenants present
-  may not take one of them while a jail is starting, for about as long as a start takes; it
-  waits for that jail instead. Present are the tenants with requests now and those that asked in
-  the last `PRESENCE_S` seconds, so a quiet tenant between two executions still counts, and a
-  tenant alone is never held off.
-- Nothing starves: a held-off waiter gets every jail beyond the reserve, and the reserve itself
-  once it has waited `hold_s` (a jail start's usual time: the jail it waits for is late), or when
-  no jail is starting (the pool is at its maximum, or its starts fail). At saturation, when every
-  waiter waits longer than a start, the reserve thus gives way and round robin alone remains.
+- The last `reserve` warm jails are kept for tenants below their fair share. A tenant's share is
+  the part of the jails granted in the last `WINDOW_S` seconds that went to it; its fair share is
+  1 / the number of tenants present (with requests now, or that asked within `WINDOW_S`, so a
+  quiet tenant between two executions still counts). A tenant at or above its share may not
+  take one of the reserve while a present tenant is below its share and a jail is starting; it
+  waits for that jail, round robin as everyone. So a tenant that asks for less than its share
+  (a paced one) finds a warm jail nearly every time, and one that asks for more (closed loop)
+  is held to about its share of the jails started.
+- Nothing starves, and no jail is held back for nobody: a held-off waiter gets every jail beyond
+  the reserve, and the reserve itself when no present tenant is below its share (a tenant alone
+  is never held off), or when no jail is starting (the pool is at its maximum, or its starts
+  fail).
 """
 
 from __future__ import annotations
@@ -32,7 +34,9 @@ from typing import Generic, TypeVar
 
 J = TypeVar("J")
 
-PRESENCE_S = 10.0
+# Long enough to hold many grants at a flood's rate (tens a second), short enough that a share
+# follows a change of load within a few seconds.
+WINDOW_S = 3.0
 
 
 class PoolClosed(Exception):
@@ -44,13 +48,9 @@ class _Tenant(Generic[J]):
     waiters: collections.deque[asyncio.Future[J]] = field(default_factory=collections.deque)
     holding: int = 0  # jails leased now (handed out, lease not yet ended)
 
-    @property
-    def load(self) -> int:
-        return self.holding + len(self.waiters)
-
 
 class FairLeases(Generic[J]):
-    """The waiters for a warm jail, by tenant, and how many jails each tenant leases now."""
+    """The waiters for a warm jail, by tenant, and the jails each tenant was granted lately."""
 
     def __init__(self, reserve: int, *, clock: Callable[[], float] = time.monotonic):
         self.reserve = reserve
@@ -60,9 +60,9 @@ class FairLeases(Generic[J]):
         self._turns: collections.deque[str] = collections.deque()
         self._served: dict[str, float] = {}  # when each tenant was last handed a jail
         self._asked: dict[str, float] = {}  # when each tenant last asked, oldest first
-        self._since: dict[asyncio.Future[J], float] = {}  # when each waiter began to wait
+        self._grants: collections.deque[tuple[float, str]] = collections.deque()  # oldest first
+        self._granted: collections.Counter[str] = collections.Counter()  # of self._grants
         self._waiting = 0
-        self._held = 0
 
     @property
     def waiting(self) -> int:
@@ -81,7 +81,6 @@ class FairLeases(Generic[J]):
         self._asked[tenant] = self._clock()
         waiter: asyncio.Future[J] = asyncio.get_running_loop().create_future()
         state.waiters.append(waiter)
-        self._since[waiter] = self._asked[tenant]
         self._waiting += 1
         if tenant not in self._turns:
             self._take_turn(tenant)
@@ -96,7 +95,6 @@ class FairLeases(Generic[J]):
         state = self._tenants.get(tenant)
         if state is not None and waiter in state.waiters:
             state.waiters.remove(waiter)
-            del self._since[waiter]
             self._waiting -= 1
             if not state.waiters:
                 with contextlib.suppress(ValueError):
@@ -108,24 +106,22 @@ class FairLeases(Generic[J]):
         """`tenant` leases one more jail (handed out here, or started for it alone)."""
         state = self._tenants.setdefault(tenant, _Tenant())
         state.holding += 1
-        self._held += 1
+        self._grants.append((self._clock(), tenant))
+        self._granted[tenant] += 1
 
     def returned(self, tenant: str) -> None:
         """One of `tenant`'s leases ended."""
         state = self._tenants[tenant]
         state.holding -= 1
-        self._held -= 1
         self._forget_if_idle(tenant)
 
-    def dispatch(self, warm: collections.deque[J], starting: int, hold_s: float) -> int:
+    def dispatch(self, warm: collections.deque[J], starting: int) -> int:
         """Hand warm jails (oldest first) to waiters, in turn order, under the reserve rule
-        (`starting`: jails being started; `hold_s`: how long a waiter may be held off the
-        reserve); how many were handed out."""
+        (`starting`: jails being started); how many were handed out."""
         handed = 0
-        while warm and (tenant := self._next_turn(len(warm), starting, hold_s)) is not None:
+        while warm and (tenant := self._next_turn(len(warm), starting)) is not None:
             state = self._tenants[tenant]
             waiter = state.waiters.popleft()
-            del self._since[waiter]
             self._waiting -= 1
             if state.waiters:
                 self._turns.append(tenant)
@@ -145,52 +141,54 @@ class FairLeases(Generic[J]):
 
     def _take_turn(self, tenant: str) -> None:
         """Queue the tenant's turn ahead of the tenants served after it (or ever, if it was not
-        served within PRESENCE_S)."""
+        served within WINDOW_S)."""
         last = self._served.get(tenant, -math.inf)
         turns = self._turns
         later = (i for i, other in enumerate(turns) if self._served.get(other, -math.inf) > last)
         turns.insert(next(later, len(turns)), tenant)
 
-    def _next_turn(self, warm: int, starting: int, hold_s: float) -> str | None:
+    def _next_turn(self, warm: int, starting: int) -> str | None:
         """The first tenant in turn order that may take one of `warm` jails; it leaves the
         turn order (`dispatch` puts it back at the end while it has more waiters)."""
+        open_to_all = warm > self.reserve or starting == 0
+        below = () if open_to_all else self._below_share()
         position = 0
         while position < len(self._turns):
             tenant = self._turns[position]
             state = self._tenants[tenant]
             # A cancelled waiter stays queued until its task wakes up; it must not use a turn.
             while state.waiters and state.waiters[0].done():
-                del self._since[state.waiters.popleft()]
+                state.waiters.popleft()
                 self._waiting -= 1
             if not state.waiters:
                 del self._turns[position]
                 self._forget_if_idle(tenant)
-            elif warm > self.reserve or starting == 0 or not self._held_off(state, hold_s):
+            elif open_to_all or not below or tenant in below:
                 del self._turns[position]
                 return tenant
             else:
                 position += 1
         return None
 
-    def _held_off(self, state: _Tenant[J], hold_s: float) -> bool:
-        """Whether the tenant's requests at the pool are above the present tenants' average,
-        and its first waiter has waited less than `hold_s`."""
-        if self._clock() - self._since[state.waiters[0]] >= hold_s:
-            return False
-        return state.load * self._present() > self._held + self._waiting
-
-    def _present(self) -> int:
-        """Tenants with requests at the pool now, or that asked within PRESENCE_S."""
+    def _below_share(self) -> set[str]:
+        """The present tenants granted less than 1 / (tenants present) of the jails granted
+        within WINDOW_S."""
         self._forget_old()
-        recent = sum(1 for tenant in self._asked if tenant not in self._tenants)
-        return len(self._tenants) + recent
+        present = self._tenants.keys() | self._asked.keys()
+        total = len(self._grants)
+        return {tenant for tenant in present if self._granted[tenant] * len(present) < total}
 
     def _forget_old(self) -> None:
-        """Drop the ask and serve times older than PRESENCE_S: state stays bounded."""
-        since = self._clock() - PRESENCE_S
+        """Drop the asks, serves and grants older than WINDOW_S: state stays bounded."""
+        since = self._clock() - WINDOW_S
         for times in (self._asked, self._served):
             while times and next(iter(times.values())) < since:
                 del times[next(iter(times))]
+        while self._grants and self._grants[0][0] < since:
+            _, tenant = self._grants.popleft()
+            self._granted[tenant] -= 1
+            if not self._granted[tenant]:
+                del self._granted[tenant]
 
     def _forget_if_idle(self, tenant: str) -> None:
         """Drop a tenant that leases nothing and waits for nothing: state stays bounded."""

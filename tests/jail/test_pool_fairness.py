@@ -1,9 +1,10 @@
 """Fair leasing on a real pool: real jails from the real fork server.
 
 One tenant holds all it may of the warm jails and queues more; another tenant, present (it ran
-an execution a moment ago), still gets a warm jail at once (the reserve), while the first one's
-waiters wait for jails being started, and then get them all. When no jail can start, the reserve
-goes to whoever waits: nothing starves.
+an execution a moment ago) and below its share of the jails granted lately, still gets a warm
+jail at once (the reserve), while the first one's waiters wait for jails being started, and then
+get them all. When no jail can start, the reserve goes to whoever waits: nothing starves. A
+tenant asking back to back is held to about its half.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="jails need root")
 UID_BASE = 430_000
 LEASE_BOUND_S = 5.0  # generous: a warm jail is handed out at once, a start takes ~0.1 s
 FILL_BOUND_S = 30.0
+QUIET_LEASES = 15
+WARM_LEASE_S = 0.02  # a warm jail is handed out in a loop turn or two; a start is slower
 
 
 @contextlib.asynccontextmanager
@@ -112,32 +115,98 @@ async def test_a_quiet_tenant_gets_a_reserve_jail_while_the_floods_waiters_wait(
 async def test_the_flood_takes_the_reserve_when_no_jail_can_start(
     launcher: JailLauncher,
 ) -> None:
-    async with jail_pool(launcher, size=2, maximum=2, reserve=1) as pool:
+    async with jail_pool(launcher, size=3, maximum=3, reserve=1) as pool:
         flood = Holder(pool, "flood")
-        flood.ask(1)
+        flood.ask(2)
         await asyncio.sleep(0)
-        assert (len(flood.jails), pool.warm, pool.starting) == (1, 1, 0)
-        # At the maximum nothing starts: the reserve is the only jail the flood can ever get.
+        assert (len(flood.jails), pool.warm, pool.starting) == (2, 1, 0)
+        # The flood had 2 of the last 3 jails, quiet 1 (below its half), but at the maximum
+        # nothing starts: the reserve is the only jail the flood can ever get.
         flood.ask(1)
         async with asyncio.timeout(LEASE_BOUND_S):
-            while len(flood.jails) < 2:
+            while len(flood.jails) < 3:
                 await asyncio.sleep(0.01)
         assert (pool.warm, pool.waiting) == (0, 0)
         await flood.release()
 
 
 async def test_a_held_off_waiter_takes_the_next_jail_that_starts(launcher: JailLauncher) -> None:
-    async with jail_pool(launcher, size=2, maximum=4, reserve=1) as pool:
+    async with jail_pool(launcher, size=3, maximum=6, reserve=1) as pool:
         flood = Holder(pool, "flood")
+        flood.ask(2)
+        await asyncio.sleep(0)
+        assert (len(flood.jails), pool.warm) == (2, 1)
         flood.ask(1)
         await asyncio.sleep(0)
-        assert (len(flood.jails), pool.warm) == (1, 1)
-        flood.ask(1)
-        await asyncio.sleep(0)
-        # The flood asks for more than the present tenants' average: it leaves the reserve.
-        assert (len(flood.jails), pool.waiting, pool.warm, pool.starting) == (1, 1, 1, 1)
+        # The flood had 2 of the last 3 jails, quiet (present) 1: the flood leaves the reserve.
+        assert (len(flood.jails), pool.waiting, pool.warm) == (2, 1, 1)
+        assert pool.starting >= 1
         async with asyncio.timeout(FILL_BOUND_S):
-            while len(flood.jails) < 2:
+            while len(flood.jails) < 3:
                 await asyncio.sleep(0.01)
         assert pool.warm >= 1
         await flood.release()
+
+
+async def test_a_closed_loop_quiet_tenant_gets_about_half_the_jails_under_a_flood(
+    launcher: JailLauncher,
+) -> None:
+    async with jail_pool(launcher, size=2, maximum=8, reserve=1) as pool:
+        granted = {"flood": 0, "quiet": 0}
+        stop = asyncio.Event()
+
+        async def closed_loop(tenant: str) -> None:
+            while not stop.is_set():
+                async with pool.lease(tenant):
+                    granted[tenant] += 1
+
+        floods = [asyncio.create_task(closed_loop("flood")) for _ in range(6)]
+        try:
+            async with asyncio.timeout(FILL_BOUND_S):
+                while granted["flood"] < 10:  # the flood has drained the warm jails
+                    await asyncio.sleep(0.01)
+                before = granted["flood"]
+                for _ in range(20):
+                    async with pool.lease("quiet"):
+                        granted["quiet"] += 1
+        finally:
+            stop.set()
+            await asyncio.gather(*floods)
+        # Quiet asks back to back: below its half of the grants it takes the reserve, at its
+        # half it waits its turn like the flood. About 20 of 40 jails, not 20 of 21.
+        quiet_part = 20 / (20 + granted["flood"] - before)
+        assert 0.3 <= quiet_part <= 0.7, granted
+
+
+async def test_a_paced_quiet_tenant_finds_a_warm_jail_while_another_floods(
+    launcher: JailLauncher,
+) -> None:
+    async with jail_pool(launcher, size=2, maximum=8, reserve=1) as pool:
+        flood_granted = 0
+        stop = asyncio.Event()
+
+        async def flood_stream() -> None:
+            nonlocal flood_granted
+            while not stop.is_set():
+                async with pool.lease("flood"):
+                    flood_granted += 1
+
+        floods = [asyncio.create_task(flood_stream()) for _ in range(6)]
+        waits_s: list[float] = []
+        try:
+            async with asyncio.timeout(FILL_BOUND_S):
+                while flood_granted < 10:  # the flood has drained the warm jails
+                    await asyncio.sleep(0.01)
+                before = flood_granted
+                for _ in range(QUIET_LEASES):  # 5 a second: below its half of the starts
+                    await asyncio.sleep(0.2)
+                    began = time.monotonic()
+                    async with pool.lease("quiet"):
+                        waits_s.append(time.monotonic() - began)
+        finally:
+            stop.set()
+            await asyncio.gather(*floods)
+        # A warm jail is handed out at once; a start takes tens of milliseconds or more.
+        at_once = sum(wait_s < WARM_LEASE_S for wait_s in waits_s)
+        assert at_once >= QUIET_LEASES - 3, sorted(waits_s)
+        assert flood_granted - before > QUIET_LEASES, "the flood still gets most jails started"
