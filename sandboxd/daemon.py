@@ -119,7 +119,11 @@ class Daemon:
         self.telemetry = self._given_telemetry or Telemetry.setup(
             cast(ExporterKind, settings.telemetry_exporter)
         )
-        self.admission = Admission(settings.tenant_policy(), capacity=settings.running_capacity())
+        self.admission = Admission(
+            settings.tenant_policy(),
+            capacity=settings.running_capacity(),
+            spare=settings.pool_reserve,  # as many as the warm jails kept for quiet tenants
+        )
         self._pool = JailPool(
             self._launcher,
             rootfs=settings.rootfs,

@@ -7,6 +7,12 @@ with QuotaExceeded and a retry hint, so an overloaded tenant learns early instea
 Freed slots go round-robin over the tenants that have waiters (FIFO within a tenant), skipping a
 tenant only while it runs its own `max_concurrent`. With K tenants waiting each gets one of every K
 grants, so a tenant with 500 queued executions delays a tenant with 2 by at most K - 1 grants each.
+
+A tenant with nothing running and nothing queued is admitted at once even when the capacity is
+full, into one of `spare` slots above it (the pool keeps as many warm jails in reserve for such
+tenants): a quiet tenant does not wait for a flood's executions to end. Spare slots are taken only
+this way; a freed slot goes to a waiter only while fewer than `capacity` run, so at most
+`capacity + spare` executions ever run at once.
 """
 
 from __future__ import annotations
@@ -91,19 +97,24 @@ class _Tenant:
 
 
 class Admission:
-    """Admits executions up to `capacity` at once, within each tenant's limits, fairly."""
+    """Admits executions up to `capacity` at once (`spare` more for tenants with nothing
+    running), within each tenant's limits, fairly."""
 
     def __init__(
         self,
         policy: TenantPolicy,
         capacity: int,
         *,
+        spare: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ):
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, not {capacity}")
+        if spare < 0:
+            raise ValueError(f"spare must be at least 0, not {spare}")
         self.policy = policy
         self.capacity = capacity
+        self.spare = spare
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
         # Tenants with waiters, in the order of their next turn.
@@ -159,7 +170,8 @@ class Admission:
             state = self._tenants[tenant] = _Tenant(self.policy.limits_for(tenant))
         # Waiters of this tenant come first (FIFO); waiters of others are only ever left waiting
         # while capacity is free if their own tenant is at its limit, so this does not jump them.
-        if not state.waiters and state.can_run and self._running < self.capacity:
+        # A spare slot does jump them: it is what spare slots are for, and no waiter takes one.
+        if not state.waiters and state.can_run and self._running < self._room_for(state):
             self._grant(state)
             return
         if len(state.waiters) >= state.limits.max_queued:
@@ -187,6 +199,11 @@ class Admission:
         if not state.waiters and tenant in self._turns:
             self._turns.remove(tenant)
         self._forget_if_idle(tenant)
+
+    def _room_for(self, state: _Tenant) -> int:
+        """How many may run at once when this tenant's request arrives: the spare slots too for
+        a tenant with nothing running (nor queued: then it would not jump its own waiters)."""
+        return self.capacity + self.spare if not state.running else self.capacity
 
     def _grant(self, state: _Tenant) -> None:
         state.running += 1

@@ -186,6 +186,60 @@ async def test_capacity_is_never_exceeded(cleanup: list[asyncio.Task[None]]) -> 
     assert harness.admission.queued == 0
 
 
+async def test_a_tenant_with_nothing_running_takes_a_spare_slot_above_full_capacity(
+    cleanup: list[asyncio.Task[None]],
+) -> None:
+    harness = Harness(Admission(TenantPolicy(default=ROOMY), capacity=2, spare=1))
+    cleanup += tasks_of(await harness.submit("flood", 4))
+    assert harness.load("flood") == TenantLoad(running=2, queued=2)  # not the spare slot
+    quiet = await harness.submit("quiet")
+    cleanup += tasks_of(quiet)
+    assert harness.load("quiet") == TenantLoad(running=1, queued=0)
+    assert harness.admission.running == 3
+    # The spare slot is taken: the next newcomer queues like anyone.
+    cleanup += tasks_of(await harness.submit("other"))
+    assert harness.load("other") == TenantLoad(running=0, queued=1)
+
+
+async def test_a_tenant_that_runs_something_gets_no_spare_slot(
+    cleanup: list[asyncio.Task[None]],
+) -> None:
+    harness = Harness(Admission(TenantPolicy(default=ROOMY), capacity=1, spare=2))
+    cleanup += tasks_of(await harness.submit("flood"))
+    cleanup += tasks_of(await harness.submit("quiet", 2))
+    assert harness.load("quiet") == TenantLoad(running=1, queued=1)
+    assert harness.admission.running == 2
+
+
+async def test_a_freed_slot_goes_to_a_waiter_only_below_capacity(
+    cleanup: list[asyncio.Task[None]],
+) -> None:
+    harness = Harness(Admission(TenantPolicy(default=ROOMY), capacity=2, spare=2))
+    cleanup += tasks_of(await harness.submit("flood", 5))
+    cleanup += tasks_of(await harness.submit("a"))
+    cleanup += tasks_of(await harness.submit("b"))
+    assert harness.admission.running == 4  # capacity + spare, never more
+    for expected_running in (3, 2):  # the flood's waiters wait until fewer than 2 run
+        harness.holding.pop(0).release()
+        await settle()
+        assert harness.admission.running == expected_running
+        assert harness.load("flood").queued == 3
+    assert (await harness.release_oldest()).tenant == "flood"
+    assert harness.admission.running == 2
+
+
+async def test_a_single_tenant_is_held_to_capacity_whatever_the_spare(
+    cleanup: list[asyncio.Task[None]],
+) -> None:
+    harness = Harness(Admission(TenantPolicy(default=ROOMY), capacity=2, spare=2))
+    cleanup += tasks_of(await harness.submit("solo", 5))
+    assert harness.load("solo") == TenantLoad(running=2, queued=3)
+    for _ in range(3):
+        await harness.release_oldest()
+        await settle()
+        assert harness.admission.running == 2
+
+
 async def test_a_flooding_tenant_cannot_delay_a_light_one_beyond_its_share(
     cleanup: list[asyncio.Task[None]],
 ) -> None:
@@ -341,3 +395,5 @@ def test_limits_are_validated() -> None:
         TenantLimits(max_concurrent=1, max_queued=-1)
     with pytest.raises(ValueError, match="capacity must be at least 1"):
         Admission(TenantPolicy(default=ROOMY), capacity=0)
+    with pytest.raises(ValueError, match="spare must be at least 0"):
+        Admission(TenantPolicy(default=ROOMY), capacity=1, spare=-1)
