@@ -6,8 +6,9 @@ jail is needed. It compiles the seccomp policy once, then serves spawn requests 
 SOCK_SEQPACKET socket: each answer carries the jail's channel descriptors, a pidfd of its init and
 the egress proxy's listening socket inside the jail's network namespace (SCM_RIGHTS; see
 sandboxd/jail/net.py). Each jail's init is its child, cloned straight into the jail's namespaces
-(launch.py): it reaps them and reports their exit status. If the daemon
-goes away (socket closed, or the daemon dies: parent-death signal), every jail goes with it.
+(launch.py) and, on cgroup v2, into the jail's cgroup (InitCloner): it reaps them and reports
+their exit status. If the daemon goes away (socket closed, or the daemon dies: parent-death
+signal), every jail goes with it.
 
 Messages are JSON, one per packet:
 
@@ -36,17 +37,51 @@ from typing import Any
 
 import prctl
 
-from sandboxd.jail import ids, launch, net
+from sandboxd.jail import cgroups, ids, launch, net
 from sandboxd.jail.errors import JailStartError, SetupError
 from sandboxd.jail.protocol import MAX_MESSAGE, spec_from_json
 from sandboxd.jail.spec import JailSpec
-from sandboxd.jail.syscalls import clone
+from sandboxd.jail.syscalls import Clone3Refused, clone, clone3_into_cgroup
 
 START_TIMEOUT_S = 10.0
 _FIRST_PIPE_FD = 10
 # Megabyte payloads cross the channel in fewer, larger reads than through 64 KiB pipes; the pages
 # are only allocated while data is in flight.
 _CHANNEL_PIPE_BYTES = 1024 * 1024
+
+
+class InitCloner:
+    """How the fork server makes a jail's init: the one switch between cgroup v2 and v1.
+
+    On cgroup v2 the init is born inside the jail's cgroup (clone3 with CLONE_INTO_CGROUP), so no
+    process migrates: a jail's first write into cgroup.procs waits for an RCU grace period,
+    12-15 ms of a start (benchmarks/README.md, "A jail's start to ready"). On v1, which has no
+    such clone, and wherever clone3 is refused (an old kernel, a container runtime's seccomp
+    profile), the init is cloned as before and joins its cgroups itself. A refusal is met once:
+    it is logged and remembered, and every later jail takes the v1 path at once.
+    """
+
+    def __init__(self, cgroup_v2: bool):
+        self.into_cgroup = cgroup_v2
+
+    def clone(self, spec: JailSpec) -> tuple[int, bool]:
+        """(the init's pid, 0 in the init; whether it was born in its cgroup)."""
+        if not (self.into_cgroup and spec.cgroup_procs):
+            return clone(launch.CLONED_NAMESPACES), False
+        (procs,) = spec.cgroup_procs  # one directory on v2
+        directory = os.path.dirname(procs)
+        try:
+            cgroup_fd = os.open(directory, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SetupError(f"open cgroup {directory}: {exc}") from None
+        try:
+            return clone3_into_cgroup(launch.CLONED_NAMESPACES, cgroup_fd), True
+        except Clone3Refused as exc:
+            self.into_cgroup = False
+            print(f"fork server: {exc}: jails join their cgroup after clone", file=sys.stderr)
+            return clone(launch.CLONED_NAMESPACES), False
+        finally:
+            os.close(cgroup_fd)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +91,7 @@ class ForkServerSelf:
     pid: int
     pidfd: int  # the inits' way to know their parent is alive (launch.py)
     netns: int  # to come back to after setting up a jail's network
+    cloner: InitCloner
 
 
 class Spawned:
@@ -69,8 +105,8 @@ class Spawned:
 
 
 def spawn(spec: JailSpec, seccomp_program: bytes, own: ForkServerSelf) -> Spawned:
-    """Clone the jail's init into its user and pid namespaces, set up its ids and network once it
-    made the others, and wait until the runner is executing.
+    """Clone the jail's init into its user and pid namespaces (and on cgroup v2 its cgroup), set up
+    its ids and network once it made the others, and wait until the runner is executing.
 
     On failure the init is dead (reaped) before this raises.
     """
@@ -85,13 +121,13 @@ def spawn(spec: JailSpec, seccomp_program: bytes, own: ForkServerSelf) -> Spawne
     )
     theirs = (to_server_w, from_server_r, errors_w, work_r, events_w, output_w)
     try:
-        init_pid = clone(launch.CLONED_NAMESPACES)
+        init_pid, born_in_cgroup = own.cloner.clone(spec)
     except SetupError:
         for fd in (*theirs, to_server_r, from_server_w, errors_r, work_w, events_r, output_r):
             os.close(fd)
         raise
     if init_pid == 0:
-        launch.run_init(spec, child_fds, seccomp_program)
+        launch.run_init(spec, child_fds, seccomp_program, born_in_cgroup=born_in_cgroup)
     for fd in theirs:
         os.close(fd)
     ours = (work_w, events_r, output_r)
@@ -299,6 +335,7 @@ def main(argv: list[str] | None = None) -> None:
         pid=os.getpid(),
         pidfd=os.pidfd_open(os.getpid()),  # close-on-exec, as every pidfd
         netns=os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC),
+        cloner=InitCloner(cgroup_v2=cgroups.detect() == "v2"),
     )
     # What start-up made stays as it is: no collection walks (and so writes) those objects' pages,
     # which every jail's clone shares with this process until it writes them.

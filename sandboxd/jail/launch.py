@@ -3,7 +3,8 @@
 One process runs this code: the jail's *init*, cloned by the fork server straight into the jail's
 new user and pid namespaces (never a new Python interpreter), so it is pid 1 of its pid namespace
 and the fork server is its parent: the fork server reaps it and reports its exit status, and it
-dies with the fork server (parent-death signal). It joins the jail's cgroup, makes its other
+dies with the fork server (parent-death signal). It joins the jail's cgroup (on cgroup v2 it was
+born there: see forkserver.InitCloner), makes its other
 namespaces (mount, network, ipc, uts, cgroup), waits for the fork server to write its id maps
 (the fork server also brings up the loopback of the new network namespace and opens the egress
 socket there, see net.py), takes the jail's ids, builds the filesystem, the hostname, the limits,
@@ -67,13 +68,19 @@ class ChildFds:
     output: int  # becomes STDOUT and STDERR
 
 
-def run_init(spec: JailSpec, fds: ChildFds, seccomp_program: bytes) -> NoReturn:
-    """Pid 1 of the jail, just cloned: build the jail around itself, then become the runner."""
+def run_init(
+    spec: JailSpec, fds: ChildFds, seccomp_program: bytes, *, born_in_cgroup: bool
+) -> NoReturn:
+    """Pid 1 of the jail, just cloned: build the jail around itself, then become the runner.
+
+    `born_in_cgroup`: cloned into the jail's cgroup already (cgroup v2), so it does not join.
+    """
     try:
         prctl.set_name("sandboxd-init")  # for ps and perf until exec; otherwise "python"
         _die_with_fork_server(fds.fork_server)
         _forget_fork_server(fds)
-        _join_cgroup(spec.cgroup_procs)
+        if not born_in_cgroup:
+            _join_cgroup(spec.cgroup_procs)
         unshare(NAMESPACES & ~CLONED_NAMESPACES | (CLONE_NEWCGROUP if spec.cgroup_procs else 0))
         _tell_server(fds, b"u")
         _wait_server(fds, "id maps")
@@ -118,8 +125,9 @@ def _forget_fork_server(fds: ChildFds) -> None:
 
 
 def _join_cgroup(procs_files: tuple[str, ...]) -> None:
-    # "0" is the writer itself; joining before unshare(CLONE_NEWCGROUP) makes this cgroup the
-    # root of the jail's cgroup namespace, and every later process of the jail is born inside.
+    # "0" is the writer itself; joining (or being born in it) before unshare(CLONE_NEWCGROUP)
+    # makes this cgroup the root of the jail's cgroup namespace, and every later process of the
+    # jail is born inside.
     for path in procs_files:
         try:
             with open(path, "w") as handle:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+from errno import E2BIG, ENOSYS, EPERM
 from typing import Any
 
 from sandboxd.jail.errors import SetupError
@@ -37,6 +38,7 @@ CLONE_NEWIPC = 0x08000000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWPID = 0x20000000
 CLONE_NEWNET = 0x40000000
+CLONE_INTO_CGROUP = 0x200000000  # clone3 only (Linux 5.7)
 
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
@@ -50,6 +52,38 @@ MNT_DETACH = 0x2
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}[os.uname().machine]
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220}[os.uname().machine]
+_SYS_CLONE3 = 435  # the same number on every architecture
+
+
+class _CloneArgs(ctypes.Structure):
+    """struct clone_args up to `cgroup` (CLONE_ARGS_SIZE_VER2, 88 bytes): every field a u64."""
+
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
+
+
+class Clone3Refused(SetupError):
+    """clone3 with CLONE_INTO_CGROUP is not offered here; clone() may still work."""
+
+
+# ENOSYS: a kernel before 5.3, or a container runtime's seccomp profile that hides clone3 so that
+# callers fall back to clone (Docker's since 20.10); EPERM: older runtimes' profiles; E2BIG: a
+# kernel from 5.3 to 5.6, whose struct clone_args has no `cgroup` field yet.
+_CLONE3_REFUSALS = frozenset({ENOSYS, EPERM, E2BIG})
 
 
 def _check(result: int, step: str) -> None:
@@ -72,18 +106,43 @@ def clone(namespaces: int) -> int:
     hooks, with the GIL held throughout. Only from a single-threaded process: like os.fork(),
     it copies no other thread, and unlike glibc's fork() it runs no pthread_atfork handlers.
     """
-    _python.PyOS_BeforeFork()
     null = ctypes.c_long(0)
     flags = ctypes.c_long(namespaces | signal.SIGCHLD)
-    result = _libc_holding_gil.syscall(ctypes.c_long(_SYS_CLONE), flags, null, null, null, null)
-    if result == 0:
-        _python.PyOS_AfterFork_Child()
-        return 0
-    errno = ctypes.get_errno()
-    _python.PyOS_AfterFork_Parent()
+    result, errno = _forked(ctypes.c_long(_SYS_CLONE), flags, null, null, null, null)
     if result == -1:
         raise SetupError(f"clone: [Errno {errno}] {os.strerror(errno)}")
-    return int(result)
+    return result
+
+
+def clone3_into_cgroup(namespaces: int, cgroup_dir_fd: int) -> int:
+    """clone() whose child starts inside the cgroup v2 directory `cgroup_dir_fd`
+    (CLONE_INTO_CGROUP): the child never migrates, so it never waits on the cgroup threadgroup
+    lock's RCU grace period that a write into cgroup.procs waits for.
+
+    Clone3Refused when clone3 or CLONE_INTO_CGROUP is not available (see _CLONE3_REFUSALS);
+    SetupError for any other failure (EBUSY: the directory is not a leaf; EBADF: not cgroup v2).
+    """
+    args = _CloneArgs(
+        flags=namespaces | CLONE_INTO_CGROUP, exit_signal=signal.SIGCHLD, cgroup=cgroup_dir_fd
+    )
+    size = ctypes.c_size_t(ctypes.sizeof(args))
+    result, errno = _forked(ctypes.c_long(_SYS_CLONE3), ctypes.byref(args), size)
+    if result == -1:
+        error = Clone3Refused if errno in _CLONE3_REFUSALS else SetupError
+        raise error(f"clone3 into cgroup: [Errno {errno}] {os.strerror(errno)}")
+    return result
+
+
+def _forked(*syscall_args: Any) -> tuple[int, int]:
+    """A raw fork-like system call wrapped in os.fork()'s steps (see clone): (result, errno)."""
+    _python.PyOS_BeforeFork()
+    result = _libc_holding_gil.syscall(*syscall_args)
+    if result == 0:
+        _python.PyOS_AfterFork_Child()
+        return 0, 0
+    errno = ctypes.get_errno()
+    _python.PyOS_AfterFork_Parent()
+    return int(result), errno
 
 
 def unshare(flags: int) -> None:

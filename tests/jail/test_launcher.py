@@ -17,7 +17,7 @@ import pytest
 from sandboxd.jail.errors import JailStartError, SetupError
 from sandboxd.jail.handle import JailLauncher
 from sandboxd.jail.spec import JailSpec
-from sandboxd.jail.syscalls import CLONE_NEWPID, clone
+from sandboxd.jail.syscalls import CLONE_NEWPID, Clone3Refused, clone, clone3_into_cgroup
 from tests.conftest import ROOTFS
 
 UID_BASE = 420_000
@@ -123,4 +123,18 @@ def test_a_refused_clone_names_the_step_and_makes_no_process() -> None:
     with pytest.raises(SetupError) as refused:
         clone(CLONE_NEWPID | clone_thread)
     assert str(refused.value) == "clone: [Errno 22] Invalid argument"
+    assert _children(os.getpid()) == before
+
+
+def test_a_clone3_into_what_is_not_a_v2_cgroup_names_the_step_and_makes_no_process() -> None:
+    # Not a refusal (the caller does not fall back): the directory is no cgroup2 directory.
+    before = _children(os.getpid())
+    not_a_cgroup = os.open("/tmp", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with pytest.raises(SetupError) as refused:
+            clone3_into_cgroup(CLONE_NEWPID, not_a_cgroup)
+    finally:
+        os.close(not_a_cgroup)
+    assert not isinstance(refused.value, Clone3Refused)
+    assert str(refused.value) == "clone3 into cgroup: [Errno 9] Bad file descriptor"
     assert _children(os.getpid()) == before
