@@ -41,6 +41,7 @@ CPU_PERIOD_US: Final = 100_000
 MIN_CPU_QUOTA_US: Final = 1_000  # the kernel refuses a smaller cfs quota
 DRAIN_TIMEOUT_S: Final = 5.0  # kill -> every process gone: milliseconds, unless the host is stuck
 _POLL_S: Final = 0.002
+_READ_CHUNK: Final = 64 * 1024
 _FREEZE_TIMEOUT_S: Final = 0.5
 _DAEMON_LEAF: Final = "daemon"
 DAEMON_PARENT_PREFIX: Final = "sandboxd-"
@@ -117,18 +118,23 @@ class JailCgroup(ABC):
 
     def remove(self) -> None:
         """Kill everything inside, wait until empty, remove the directories. Idempotent."""
-        present = tuple(d for d in self.dirs if os.path.isdir(d))
-        if not present:
-            return
+        # A freed jail is dead, its cgroup most likely empty: rmdir alone, nothing read. The
+        # directories go in order (v1's freezer last), so a busy one leaves the freezer there.
+        for index, directory in enumerate(self.dirs):
+            if not _rmdir_if_empty(directory):
+                self._drain_and_remove(self.dirs[index:])
+                return
+
+    def _drain_and_remove(self, left: tuple[str, ...]) -> None:
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         # Killed processes leave the cgroup once they finish exiting; kill again on every pass
         # in case one was mid-fork when the first kill came.
-        while any(_read_pids(os.path.join(d, "cgroup.procs")) for d in present):
+        while any(_read_pids(os.path.join(d, "cgroup.procs")) for d in left):
             if time.monotonic() > deadline:
-                raise CgroupError(f"remove {present[0]}: processes left after {DRAIN_TIMEOUT_S} s")
+                raise CgroupError(f"remove {left[0]}: processes left after {DRAIN_TIMEOUT_S} s")
             self.kill()
             time.sleep(_POLL_S)
-        for directory in present:
+        for directory in left:
             _rmdir(directory)
 
 
@@ -280,6 +286,9 @@ class V2Driver(CgroupDriver):
         self.parent = os.path.join(own_dir, _checked_name(parent_name))
         super().__init__((self.parent,))
         _prepare_v2(own_dir, self.parent)
+        # Absent when the kernel runs without swap accounting, and then no cgroup swaps. The
+        # parent has the files its jails will have: one look at daemon start, none per jail.
+        self._swap_limited = os.path.exists(os.path.join(self.parent, "memory.swap.max"))
 
     def create(self, jail_id: str, limits: CgroupLimits) -> JailCgroup:
         directory = os.path.join(self.parent, _checked_name(jail_id))
@@ -294,8 +303,7 @@ class V2Driver(CgroupDriver):
     def _existing(self, jail_id: str) -> JailCgroup:
         return V2Cgroup(os.path.join(self.parent, jail_id))
 
-    @staticmethod
-    def _limit(directory: str, limits: CgroupLimits) -> None:
+    def _limit(self, directory: str, limits: CgroupLimits) -> None:
         settings = [
             ("memory.max", str(limits.memory_bytes)),
             # Kill the whole jail on OOM, not one process of it: a half-dead jail is useless.
@@ -303,8 +311,7 @@ class V2Driver(CgroupDriver):
             ("pids.max", str(limits.pids)),
             ("cpu.max", f"{limits.cpu_quota_us} {CPU_PERIOD_US}"),
         ]
-        # Absent when the kernel runs without swap accounting, and then no cgroup swaps.
-        if os.path.exists(os.path.join(directory, "memory.swap.max")):
+        if self._swap_limited:
             settings.append(("memory.swap.max", "0"))
         for name, value in settings:
             _write(os.path.join(directory, name), value, f"set {name}={value} in")
@@ -353,6 +360,10 @@ class V1Driver(CgroupDriver):
         super().__init__(tuple(dict.fromkeys(self._parents.values())))
         for parent in self.parent_dirs:
             _mkdir(parent, exist_ok=True)
+        # The parent has the files its jails will have: one look at daemon start, none per jail.
+        self._swap_accounted = os.path.exists(
+            os.path.join(self._parents["memory"], "memory.memsw.limit_in_bytes")
+        )
 
     def create(self, jail_id: str, limits: CgroupLimits) -> JailCgroup:
         jail = self._existing(_checked_name(jail_id))
@@ -371,16 +382,15 @@ class V1Driver(CgroupDriver):
     def _existing(self, jail_id: str) -> V1Cgroup:
         return V1Cgroup({ctrl: os.path.join(p, jail_id) for ctrl, p in self._parents.items()})
 
-    @staticmethod
-    def _limit(jail: V1Cgroup, limits: CgroupLimits) -> None:
-        memory = jail.controller_dirs["memory"]
+    def _limit(self, jail: V1Cgroup, limits: CgroupLimits) -> None:
         settings = [
             ("memory", "memory.limit_in_bytes", str(limits.memory_bytes)),
             ("pids", "pids.max", str(limits.pids)),
-            ("cpu", "cpu.cfs_period_us", str(CPU_PERIOD_US)),
+            # No cpu.cfs_period_us: a new cgroup's period is the kernel's fixed default, 100 ms,
+            # which is CPU_PERIOD_US (test_v1_limits_are_written reads it).
             ("cpu", "cpu.cfs_quota_us", str(limits.cpu_quota_us)),
         ]
-        if os.path.exists(os.path.join(memory, "memory.memsw.limit_in_bytes")):
+        if self._swap_accounted:
             # memory + swap capped at the memory limit: no room left to swap into. Written
             # after memory.limit_in_bytes, which the kernel requires to stay <= memsw.
             settings.append(("memory", "memory.memsw.limit_in_bytes", str(limits.memory_bytes)))
@@ -575,35 +585,49 @@ def _write(path: str, value: str, step: str, missing_ok: bool = False) -> bool:
     return True
 
 
-def _read_text(path: str) -> str:
+def _read_bytes(path: str) -> bytes:
+    """The whole file, through a raw descriptor: open, read to the end, close, nothing else."""
     try:
-        with open(path) as handle:
-            return handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CgroupError(f"open {path}: {_describe(exc)}") from None
+    try:
+        # Until an empty read: cgroup.procs may come in pieces shorter than the buffer.
+        chunks = []
+        while chunk := os.read(fd, _READ_CHUNK):
+            chunks.append(chunk)
+        return b"".join(chunks)
     except OSError as exc:
         raise CgroupError(f"read {path}: {_describe(exc)}") from None
+    finally:
+        os.close(fd)
+
+
+def _read_text(path: str) -> str:
+    return _read_bytes(path).decode()
 
 
 def _read_int(path: str) -> int:
-    return int(_read_text(path))
+    return int(_read_bytes(path))
 
 
 def _read_field(path: str, key: str) -> int:
     """One value of a flat-keyed file ("key value" lines: cpu.stat, memory.events, ...)."""
-    for line in _read_text(path).splitlines():
-        name, _, value = line.partition(" ")
-        if name == key:
+    wanted = key.encode()
+    for line in _read_bytes(path).splitlines():
+        name, _, value = line.partition(b" ")
+        if name == wanted:
             return int(value)
     raise CgroupError(f"read {path}: no {key} field (kernel too old?)")
 
 
 def _read_pids(procs: str) -> list[int]:
     try:
-        with open(procs) as handle:
-            return [int(line) for line in handle]
-    except FileNotFoundError:
-        return []  # the cgroup is gone, so is everything in it
-    except OSError as exc:
-        raise CgroupError(f"read {procs}: {_describe(exc)}") from None
+        return [int(pid) for pid in _read_bytes(procs).split()]
+    except CgroupError:
+        if not os.path.exists(procs):
+            return []  # the cgroup is gone, so is everything in it
+        raise
 
 
 def _subdirs(parent: str) -> list[str]:
@@ -626,13 +650,21 @@ def _mkdir(path: str, exist_ok: bool = False) -> None:
 def _rmdir(path: str) -> None:
     # EBUSY right after the last process left: the kernel may still be tearing it down.
     deadline = time.monotonic() + DRAIN_TIMEOUT_S
-    while True:
-        try:
-            os.rmdir(path)
-            return
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            if exc.errno != errno.EBUSY or time.monotonic() > deadline:
-                raise CgroupError(f"remove {path}: {_describe(exc)}") from None
+    while not _rmdir_if_empty(path):
+        if time.monotonic() > deadline:
+            raise CgroupError(f"remove {path}: still busy after {DRAIN_TIMEOUT_S} s")
         time.sleep(_POLL_S)
+
+
+def _rmdir_if_empty(path: str) -> bool:
+    """Remove a cgroup, or see it gone already; False if it is busy: processes are still in
+    it, or the kernel is still tearing the last one out."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        if exc.errno != errno.EBUSY:
+            raise CgroupError(f"remove {path}: {_describe(exc)}") from None
+        return False
+    return True
