@@ -422,6 +422,82 @@ def test_return_result_false_keeps_the_value_and_reports_its_size(runner: Runner
     assert_result(runner.run(2, "reader", reader)[1], 2, b'["b",3]')
 
 
+# Strings and the exact JSON.stringify text of each, as UTF-8: the runner measures and encodes
+# a string with nothing to escape without JSON.stringify, and every other one with it.
+STRING_RESULTS = [
+    ("", b'""'),
+    ("plain text", b'"plain text"'),
+    ("\u00e9\u4e2d\U0001f600", '"\u00e9\u4e2d\U0001f600"'.encode()),
+    ('say "hi"', b'"say \\"hi\\""'),
+    ("a \\ backslash", b'"a \\\\ backslash"'),
+    ("\n\t\b\f\r\x00\x1f\x7f", b'"\\n\\t\\b\\f\\r\\u0000\\u001f\x7f"'),
+    ("\ud800", b'"\\ud800"'),
+    ("a\udc00b\ud83d", b'"a\\udc00b\\ud83d"'),
+    ("x" * 100_000, b'"' + b"x" * 100_000 + b'"'),
+    ("\u00e9" * 50_000 + "\n", b'"' + "\u00e9".encode() * 50_000 + b'\\n"'),
+]
+
+
+def _returns(value: str) -> str:
+    """Step code returning value: json.dumps makes a JS literal of it, lone surrogates too."""
+    return f"module.exports = () => {json.dumps(value)}"
+
+
+def test_string_results_are_their_exact_json_sent_or_kept(runner: Runner) -> None:
+    seq = 0
+    for value, text in STRING_RESULTS:
+        assert_result(
+            runner.run(seq, f"sent{seq}", _returns(value), result_bytes=1 << 21)[1], seq, text
+        )
+        _, kept = runner.run(seq + 1, f"kept{seq}", _returns(value), return_result=False)
+        assert kept.header == {
+            "t": "result",
+            "seq": seq + 1,
+            "encoding": "json",
+            "size": len(text),
+            "kept": True,
+        }, value[:20]
+        assert kept.body == b""
+        seq += 2
+    reader = "module.exports = (c) => c.steps.kept0 === '' && c.steps.kept16.length"
+    assert_result(runner.run(seq, "reader", reader)[1], seq, b"100000")
+
+
+def test_a_kept_string_over_result_bytes_is_result_too_large(runner: Runner) -> None:
+    code = "module.exports = () => 'x'.repeat(10)"  # 12 bytes of JSON
+    _, fits = runner.run(0, "fits", code, return_result=False, result_bytes=12)
+    assert (fits.header["t"], fits.header["size"], fits.header["kept"]) == ("result", 12, True)
+    _, error = runner.run(1, "large", code, return_result=False, result_bytes=11)
+    assert error.header == {
+        "t": "error",
+        "seq": 1,
+        "kind": "RESULT_TOO_LARGE",
+        "name": "ResultTooLarge",
+        "message": "Step result is 12 bytes, over the limit of 11 bytes",
+        "stack": "",
+    }
+
+
+def test_replaced_string_builtins_do_not_change_string_results(runner: Runner) -> None:
+    tamper = """
+    module.exports = () => {
+      String.prototype.toJSON = () => 'polluted';
+      String.prototype.isWellFormed = () => true;
+      RegExp.prototype.exec = () => ['polluted'];
+      RegExp.prototype[Symbol.match] = () => null;
+      Buffer.byteLength = () => 1;
+      TextEncoder.prototype.encodeInto = () => ({ read: 0, written: 0 });
+      TextEncoder.prototype.encode = () => new Uint8Array(1);
+      return 'tampered';
+    };
+    """
+    assert_result(runner.run(0, "tamper", tamper)[1], 0, b'"tampered"')
+    for seq, (value, text) in enumerate(STRING_RESULTS[:8], start=1):
+        assert_result(runner.run(seq, f"s{seq}", _returns(value))[1], seq, text)
+        _, kept = runner.run(100 + seq, f"k{seq}", _returns(value), return_result=False)
+        assert (kept.header["size"], kept.body) == (len(text), b""), value
+
+
 def test_result_over_result_bytes_is_result_too_large(runner: Runner) -> None:
     code = "module.exports = () => 'x'.repeat(10)"  # 12 bytes of JSON
     assert_result(runner.run(0, "fits", code, result_bytes=12)[1], 0, b'"xxxxxxxxxx"')
