@@ -39,6 +39,7 @@ V2_CONTROLLERS: Final = ("memory", "pids", "cpu")
 V1_CONTROLLERS: Final = ("memory", "pids", "cpu", "cpuacct", "freezer")
 CPU_PERIOD_US: Final = 100_000
 MIN_CPU_QUOTA_US: Final = 1_000  # the kernel refuses a smaller cfs quota
+NORMAL_CPU_WEIGHT: Final = 100  # v2's default cpu.weight; v1's cpu.shares 1024
 DRAIN_TIMEOUT_S: Final = 5.0  # kill -> every process gone: milliseconds, unless the host is stuck
 _POLL_S: Final = 0.002
 _READ_CHUNK: Final = 64 * 1024
@@ -59,10 +60,14 @@ class CgroupLimits:
     memory_bytes: int
     pids: int
     cpu_quota: float  # cores: 1.0 is one full CPU, 0.5 half of one
+    # Share of contended cpu against other jails (1..10000): a refill's jail starts lower.
+    cpu_weight: int = NORMAL_CPU_WEIGHT
 
     def __post_init__(self) -> None:
         if self.memory_bytes <= 0 or self.pids <= 0:
             raise ValueError(f"cgroup limits must be positive: {self}")
+        if not 1 <= self.cpu_weight <= 10_000:
+            raise ValueError(f"cpu weight outside 1..10000: {self}")
         if self.cpu_quota_us < MIN_CPU_QUOTA_US:
             raise ValueError(f"cpu quota below {MIN_CPU_QUOTA_US / CPU_PERIOD_US} cores: {self}")
 
@@ -195,9 +200,7 @@ class V1Cgroup(JailCgroup):
         return _read_field(self._file("pids", "pids.events"), "max") > 0
 
     def set_cpu_weight(self, weight: int) -> None:
-        # v1 shares are relative like v2 weights, with 1024 as the normal value.
-        shares = max(2, weight * 1024 // 100)
-        _write(self._file("cpu", "cpu.shares"), str(shares), "set cpu shares")
+        _write(self._file("cpu", "cpu.shares"), _v1_shares(weight), "set cpu shares")
 
     def kill(self) -> None:
         """Freeze, SIGKILL each process, thaw: frozen processes cannot fork away meanwhile."""
@@ -214,6 +217,11 @@ class V1Cgroup(JailCgroup):
 
     def _file(self, controller: str, name: str) -> str:
         return os.path.join(self.controller_dirs[controller], name)
+
+
+def _v1_shares(weight: int) -> str:
+    # v1 shares are relative like v2 weights, with 1024 as the normal value.
+    return str(max(2, weight * 1024 // NORMAL_CPU_WEIGHT))
 
 
 def _wait_frozen(state: str) -> None:
@@ -311,6 +319,8 @@ class V2Driver(CgroupDriver):
             ("pids.max", str(limits.pids)),
             ("cpu.max", f"{limits.cpu_quota_us} {CPU_PERIOD_US}"),
         ]
+        if limits.cpu_weight != NORMAL_CPU_WEIGHT:
+            settings.append(("cpu.weight", str(limits.cpu_weight)))
         if self._swap_limited:
             settings.append(("memory.swap.max", "0"))
         for name, value in settings:
@@ -390,6 +400,8 @@ class V1Driver(CgroupDriver):
             # which is CPU_PERIOD_US (test_v1_limits_are_written reads it).
             ("cpu", "cpu.cfs_quota_us", str(limits.cpu_quota_us)),
         ]
+        if limits.cpu_weight != NORMAL_CPU_WEIGHT:
+            settings.append(("cpu", "cpu.shares", _v1_shares(limits.cpu_weight)))
         if self._swap_accounted:
             # memory + swap capped at the memory limit: no room left to swap into. Written
             # after memory.limit_in_bytes, which the kernel requires to stay <= memsw.

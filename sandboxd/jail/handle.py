@@ -94,11 +94,13 @@ class JailLauncher:
             argv, pass_fds=[theirs.fileno()], env=_forkserver_env(), stdin=subprocess.DEVNULL
         )
         theirs.close()
+        # Non-blocking before the first receive: the loop waits for the fork server's "ready"
+        # (an interpreter's start) instead of blocking in recv meanwhile.
+        ours.setblocking(False)
         ready = await asyncio.get_running_loop().sock_recv(ours, MAX_MESSAGE)
         if not ready or json.loads(ready).get("op") != "ready":
             process.kill()
             raise JailError(f"fork server did not start (exit status {process.wait()})")
-        ours.setblocking(False)
         return cls(process, ours)
 
     async def spawn(self, spec: JailSpec) -> Jail:

@@ -44,6 +44,19 @@ class JailReaper:
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
 
+    def remove_when_made(self, creating: asyncio.Future[JailCgroup]) -> None:
+        """Remove, in the background, the cgroup that `creating` makes for a start given up."""
+        task = asyncio.create_task(self._remove_made(creating))
+        self._retiring.add(task)
+        task.add_done_callback(self._retiring.discard)
+
+    async def _remove_made(self, creating: asyncio.Future[JailCgroup]) -> None:
+        try:
+            cgroup = await creating  # if it fails, create() removed what it made
+            await asyncio.to_thread(cgroup.remove)
+        except CgroupError as exc:
+            log.error("the cgroup of a start given up could not be removed: %s", exc)
+
     async def wait_retired(self) -> None:
         """Until every retired jail is freed."""
         await asyncio.gather(*self._retiring, return_exceptions=True)

@@ -182,6 +182,9 @@ def test_limits_validate() -> None:
     for bad in ((0, 1, 1.0), (MiB, 0, 1.0), (MiB, 1, 0.001)):
         with pytest.raises(ValueError):
             CgroupLimits(*bad)
+    for weight in (0, 10_001):
+        with pytest.raises(ValueError, match=r"^cpu weight outside 1\.\.10000: "):
+            CgroupLimits(MiB, 1, 1.0, cpu_weight=weight)
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "../escape", "a/b", "x" * 200, "\0"])
@@ -233,6 +236,34 @@ def test_v2_limits_are_written(make_jail: Callable[..., JailCgroup]) -> None:
     assert read(jail.dir, "cpu.max") == "50000 100000"
     if os.path.exists(os.path.join(jail.dir, "memory.swap.max")):
         assert read(jail.dir, "memory.swap.max") == "0"
+
+
+def cpu_weight_of(jail: JailCgroup) -> str:
+    if isinstance(jail, V1Cgroup):
+        return read(jail.controller_dirs["cpu"], "cpu.shares")
+    return read(jail.dirs[0], "cpu.weight")
+
+
+def test_cpu_weight_is_set_at_creation_and_changes_later(
+    make_jail: Callable[..., JailCgroup],
+) -> None:
+    normal = "1024" if MODE == "v1" else "100"
+    assert cpu_weight_of(make_jail()) == normal
+    jail = make_jail(CgroupLimits(64 * MiB, 16, 0.5, cpu_weight=25))
+    assert cpu_weight_of(jail) == ("256" if MODE == "v1" else "25")
+    jail.set_cpu_weight(100)
+    assert cpu_weight_of(jail) == normal
+
+
+def test_a_removed_cgroups_usage_names_the_file_and_errno(
+    make_jail: Callable[..., JailCgroup],
+) -> None:
+    jail = make_jail()
+    jail.remove()
+    assert not any(os.path.exists(directory) for directory in jail.dirs)
+    with pytest.raises(CgroupError, match=r"^open /sys/fs/cgroup/.*: \[Errno 2\] No such file"):
+        jail.usage()
+    jail.remove()  # idempotent
 
 
 # --- a process in the jail ------------------------------------------------------------------------
