@@ -392,6 +392,21 @@ def test_large_input_code_and_results(started: Runner) -> None:
     assert_result(result, 2, b"1")
 
 
+def test_the_runners_rehearsal_leaves_no_trace_for_the_first_step(runner: Runner) -> None:
+    # The runner rehearses a step named "_" before work arrives (see rehearseStep).
+    code = """
+    module.exports = (context) => [
+      Object.keys(context.steps),
+      Object.keys(require.cache).filter((name) => name.startsWith('/steps')),
+      module.filename,
+      context.execution.stepName,
+      context.input,
+    ];
+    """
+    _, result = runner.run(0, "_", code)
+    assert_result(result, 0, b'[[],[],"/steps/_.js","_",{"n":5}]')
+
+
 def test_undefined_result_is_null(runner: Runner) -> None:
     assert_result(runner.run(0, "nothing", "module.exports = async () => {}")[1], 0, b"null")
 
