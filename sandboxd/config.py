@@ -28,8 +28,9 @@ class Settings:
     rootfs: str = DEFAULT_ROOTFS
     pool_size: int = 4  # warm jails kept ready
     pool_max: int = 32  # jails alive at once, warm and leased
-    # Warm jails (at most pool_size) kept for tenants that ask little: a tenant asking more than
-    # the average waits for a fresh jail rather than take these (docs/architecture.md).
+    # Warm jails (at most pool_size) kept for tenants below their share of the jails granted
+    # lately, and as many admission slots above max_running for a tenant with nothing running
+    # (docs/architecture.md).
     pool_reserve: int = 2
     # Executions running at once. Beyond it they wait in fair admission (round robin over
     # tenants), not first come first served for a jail: 0 means four per core.
