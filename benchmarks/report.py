@@ -408,15 +408,23 @@ def _extensions(results: dict[str, Any]) -> str:
 
 
 def _fairness_line(figures: dict[str, Any]) -> str:
-    alone, flooded, flood = (
-        figures.get(k) or {} for k in ("quiet_alone", "quiet_flooded", "flood")
+    paced, flooded, flood = (
+        figures.get(k) or {} for k in ("paced_alone", "paced_flooded", "flood")
+    )
+    closed, closed_flooded, second_flood = (
+        figures.get(k) or {}
+        for k in ("closed_loop_alone", "closed_loop_flooded", "flood_beside_closed_loop")
     )
     return (
-        f"- **tenant_fairness**: a quiet tenant's trivial executions, p50 "
-        f"{_n(alone.get('p50_ms'))} ms alone, p50 {_n(flooded.get('p50_ms'))} / p99 "
-        f"{_n(flooded.get('p99_ms'))} ms while another tenant ran "
-        f"{flood.get('concurrency')} streams ({_n(flood.get('per_s'))} exec/s, p50 "
-        f"{_n(flood.get('p50_ms'))} ms, {figures.get('flood_refused')} refused)."
+        f"- **tenant_fairness**: a quiet tenant's trivial executions, one every "
+        f"{_n(figures.get('pace_ms'))} ms: p50 {_n(paced.get('p50_ms'))} ms alone, p50 "
+        f"{_n(flooded.get('p50_ms'))} / p99 {_n(flooded.get('p99_ms'))} ms while another tenant "
+        f"ran {flood.get('concurrency')} streams ({_n(flood.get('per_s'))} exec/s, p50 "
+        f"{_n(flood.get('p50_ms'))} ms, {figures.get('flood_refused')} refused). Back to back "
+        f"(it then wants more jails than its share): p50 {_n(closed.get('p50_ms'))} ms alone, "
+        f"p50 {_n(closed_flooded.get('p50_ms'))} / p99 {_n(closed_flooded.get('p99_ms'))} ms "
+        f"flooded (flood {_n(second_flood.get('per_s'))} exec/s, "
+        f"{figures.get('flood_beside_closed_loop_refused')} refused)."
     )
 
 

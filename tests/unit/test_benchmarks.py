@@ -161,10 +161,15 @@ def synthetic(scale: float = 1.0) -> dict[str, Any]:
             "tenant_fairness": {
                 "status": "measured",
                 "figures": {
-                    "quiet_alone": summary(20.0),
-                    "quiet_flooded": summary(60.0),
+                    "pace_ms": 100.0,
+                    "paced_alone": summary(20.0),
+                    "paced_flooded": summary(60.0),
                     "flood": {**summary(900.0), "concurrency": 32, "per_s": 30.0},
                     "flood_refused": 0,
+                    "closed_loop_alone": summary(10.0),
+                    "closed_loop_flooded": summary(200.0),
+                    "flood_beside_closed_loop": {**summary(950.0), "per_s": 25.0},
+                    "flood_beside_closed_loop_refused": 1,
                 },
             },
             "redis_mode": {
@@ -245,6 +250,7 @@ def test_headline_ratios_of_synthetic_results() -> None:
     assert computed["host_cpu_warm_vs_bare_node"].value == pytest.approx(1.5)
     assert computed["session_step_vs_warm_execution_p50"].value == pytest.approx(0.1)
     assert computed["fairness_quiet_flooded_vs_alone_p50"].value == pytest.approx(3.0)
+    assert computed["fairness_second_closed_loop_vs_alone_p50"].value == pytest.approx(20.0)
     assert computed["redis_result_vs_warm_execution_p50"].value == pytest.approx(1.5)
     assert computed["redis_3_vs_1_workers_throughput"].value == pytest.approx(1.5)
     assert computed["warm_daemon_rss_after_vs_before"].value == pytest.approx(1.5)
@@ -258,6 +264,22 @@ def test_headline_ratios_of_synthetic_results() -> None:
         "jail_start_vs_node_start_p50",
         "warm_saturation_vs_bare_node",
     ]
+
+
+def test_fairness_of_results_from_before_the_paced_tenant() -> None:
+    # Then the only quiet tenant ran back to back, named quiet_*: it is the closed-loop figure,
+    # and the paced figure is missing (compare says so) rather than compared with another one.
+    old = synthetic()
+    old["extensions"]["tenant_fairness"]["figures"] = {
+        "quiet_alone": summary(20.0),
+        "quiet_flooded": summary(400.0),
+    }
+    computed = {ratio.key: ratio for ratio in ratios.compute(old)}
+    assert computed["fairness_second_closed_loop_vs_alone_p50"].value == pytest.approx(20.0)
+    assert computed["fairness_quiet_flooded_vs_alone_p50"].value is None
+    table = compare.rows(synthetic(), old)
+    paced = next(row for row in table if row.label.startswith("quiet tenant (paced"))
+    assert (paced.reference, paced.today, paced.missing) == (None, 3.0, True)
 
 
 def test_a_ratio_with_a_missing_side_has_no_value() -> None:
@@ -543,7 +565,12 @@ def test_report_and_charts_from_synthetic_results(tmp_path: Path) -> None:
     assert text.index("## Headline ratios") < text.index("## Latency at low load")
     assert "| sandboxd warm vs bare node: p50 latency, trivial step | **0.50x** |" in text
     assert "![throughput and latency against concurrency](throughput.png)" in text
-    assert "- **tenant_fairness**: a quiet tenant's trivial executions, p50 20.0 ms alone" in text
+    assert (
+        "- **tenant_fairness**: a quiet tenant's trivial executions, one every 100 ms: p50 "
+        "20.0 ms alone, p50 60.0 / p99 60.0 ms while another tenant ran 32 streams"
+    ) in text
+    assert "Back to back (it then wants more jails than its share): p50 10.0 ms alone" in text
+    assert "flooded (flood 25.0 exec/s, 1 refused)." in text
     assert "30.0 exec/s, p50 900 ms, 0 refused" in text
     assert "10.0 exec/s with 1 worker, 15.0 with 3" in text
     assert "No execution failed." in text
