@@ -498,7 +498,7 @@ def test_replaced_string_builtins_do_not_change_string_results(runner: Runner) -
     module.exports = () => {
       String.prototype.toJSON = () => 'polluted';
       String.prototype.isWellFormed = () => true;
-      RegExp.prototype.exec = () => ['polluted'];
+      RegExp.prototype.exec = function (text) { this.lastIndex = text.length; return [text]; };
       RegExp.prototype[Symbol.match] = () => null;
       Buffer.byteLength = () => 1;
       TextEncoder.prototype.encodeInto = () => ({ read: 0, written: 0 });
