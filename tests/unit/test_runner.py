@@ -924,9 +924,9 @@ def test_build_rootfs_layout_and_rebuild(tmp_path: Path) -> None:
     ldd = subprocess.run(["ldd", NODE or "node"], capture_output=True, text=True, check=True)
     for line in ldd.stdout.splitlines():
         fields = line.split()
-        path = fields[2] if len(fields) > 2 and fields[1] == "=>" else fields[0]
-        if path.startswith("/"):
-            assert (dest / path.lstrip("/")).is_file(), path
+        library = fields[2] if len(fields) > 2 and fields[1] == "=>" else fields[0]
+        if library.startswith("/"):
+            assert (dest / library.lstrip("/")).is_file(), library
 
     for path in [dest, *dest.rglob("*")]:
         mode = path.lstat().st_mode
