@@ -121,16 +121,18 @@ class JailCgroup(ABC):
     def set_cpu_weight(self, weight: int) -> None:
         """The jail's share of contended cpu against other jails (1..10000, normal 100)."""
 
+    def remove_if_empty(self) -> bool:
+        """Remove the directories if nothing is inside, without waiting; False at the first
+        busy one (then `remove()` finishes). A freed jail is dead, its cgroup most likely empty:
+        rmdir alone, nothing read. The directories go in order, v1's freezer last, so a busy
+        cgroup keeps its freezer for `remove()`."""
+        return all(_rmdir_if_empty(directory) for directory in self.dirs)
+
     def remove(self) -> None:
         """Kill everything inside, wait until empty, remove the directories. Idempotent."""
-        # A freed jail is dead, its cgroup most likely empty: rmdir alone, nothing read. The
-        # directories go in order (v1's freezer last), so a busy one leaves the freezer there.
-        for index, directory in enumerate(self.dirs):
-            if not _rmdir_if_empty(directory):
-                self._drain_and_remove(self.dirs[index:])
-                return
-
-    def _drain_and_remove(self, left: tuple[str, ...]) -> None:
+        if self.remove_if_empty():
+            return
+        left = tuple(d for d in self.dirs if os.path.isdir(d))
         deadline = time.monotonic() + DRAIN_TIMEOUT_S
         # Killed processes leave the cgroup once they finish exiting; kill again on every pass
         # in case one was mid-fork when the first kill came.

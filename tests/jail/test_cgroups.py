@@ -408,6 +408,27 @@ def test_remove_kills_waits_and_leaves_no_directory(
     jail.kill()  # nothing left to kill: no error
 
 
+def report_then_sleep(report: Report) -> None:
+    report("joined")
+    time.sleep(60)
+
+
+def test_remove_if_empty_leaves_a_busy_cgroup_whole_and_removes_an_empty_one(
+    make_jail: Callable[..., JailCgroup],
+) -> None:
+    jail = make_jail()
+    child = fork_into(jail, report_then_sleep)
+    assert child.next_report() == "joined"  # in every hierarchy of the jail
+    assert jail.remove_if_empty() is False
+    assert all(os.path.isdir(directory) for directory in jail.dirs)
+    jail.kill()
+    assert os.WTERMSIG(child.wait()) == signal.SIGKILL
+    assert wait_until(lambda: not procs(jail))
+    assert wait_until(jail.remove_if_empty)  # EBUSY a moment after the last one left
+    assert not any(os.path.exists(directory) for directory in jail.dirs)
+    assert jail.remove_if_empty() is True  # gone already
+
+
 def test_cleanup_stale_removes_what_a_crashed_daemon_left(driver: CgroupDriver) -> None:
     # A second driver on the same parent plays the restarted daemon.
     idle = driver.create(f"stale-idle-{os.getpid()}", LIMITS)

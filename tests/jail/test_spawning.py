@@ -43,7 +43,7 @@ def jail_cgroups(driver: CgroupDriver) -> set[str]:
     }
 
 
-async def test_a_start_cancelled_while_its_cgroup_is_made_leaves_no_cgroup_and_frees_its_uid(
+async def test_a_start_cancelled_at_once_leaves_no_cgroup_and_frees_its_uid(
     launcher: JailLauncher, driver: CgroupDriver
 ) -> None:
     uids = UidAllocator(UID_BASE, UIDS)
@@ -51,7 +51,7 @@ async def test_a_start_cancelled_while_its_cgroup_is_made_leaves_no_cgroup_and_f
     spawner = JailSpawner(launcher, rootfs=ROOTFS, uids=uids, cgroups=driver, reaper=reaper)
     for _ in range(3):
         start = asyncio.create_task(spawner.spawn(JailLimits(), cpu_weight=25))
-        await asyncio.sleep(0)  # in the cgroup's creation, in its thread
+        await asyncio.sleep(0)  # the cgroup made, the fork server asked
         start.cancel()
         with pytest.raises(asyncio.CancelledError):
             await start
