@@ -2,10 +2,10 @@
 
 A real daemon process (its own, with its own host uids), real gRPC, real jails. The flood runs
 more closed-loop streams than the daemon admits at once, so its admitted executions wait at the
-pool for jails being started. The quiet tenant asks for one execution every 200 ms, far less than
-its half of the jails started: it is admitted at once (a spare slot, it has nothing running) and
-takes a warm jail kept in reserve, so its executions end within a generous bound and it waits for
-a jail far less than the flood's executions do.
+pool for jails being started. The quiet tenant asks for one execution every 400 ms, far less than
+its half of the jails started (even on a loaded host): it is admitted at once (a spare slot: it
+has nothing running) and takes a warm jail kept in reserve, so its executions end within a
+generous bound and most of them do not wait for a jail at all.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from tests.conftest import start_daemon
 UID_BASE = 770_000
 FLOOD_STREAMS = 24
 QUIET_RUNS = 15
-PACE_S = 0.2
+PACE_S = 0.4
 QUIET_BOUND_S = 10.0  # generous: a warm execution takes milliseconds, a start well under 1 s
 # A warm jail is handed out within the daemon's loop (well under a millisecond when idle); a jail
 # start takes tens of milliseconds at least (a Node start).
@@ -73,8 +73,8 @@ async def test_a_paced_quiet_tenant_keeps_getting_jails_while_another_floods() -
         assert daemon.stop() == 0
     assert len(quiet_waits) == QUIET_RUNS
     assert len(flood_waits) > QUIET_RUNS, "the flood still gets most of the jails"
-    # Most of the quiet tenant's executions found a warm jail; before the reserve went by share,
-    # each waited for a jail start (p50 ~80 ms on a loaded host, the flood's ~900 ms).
+    # Most of the quiet tenant's executions found a warm jail (14 of 15 on a loaded host); before
+    # the reserve went by share, 0-2 of 15 did, the rest waited for a jail start.
     at_once = sum(wait_s < AT_ONCE_S for wait_s in quiet_waits)
     assert at_once >= QUIET_RUNS // 2, sorted(quiet_waits)
     assert statistics.median(quiet_waits) < statistics.median(flood_waits) / 2
