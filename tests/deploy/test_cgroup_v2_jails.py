@@ -251,23 +251,27 @@ def test_a_refused_clone3_falls_back_to_joining_once_and_is_remembered(
 
 
 def _start_two_jails_without_clone3(cgroup: V2Cgroup, reports: int, log: int) -> None:
-    """In a child of the test: clone3 refused with ENOSYS, two jails, one JSON line for each."""
+    """In a child of the test: clone3 refused with ENOSYS, two jails, one JSON line for each;
+    what the fork server code prints goes to `log` (pytest's capture of sys.stderr does not)."""
     import pyseccomp
 
     try:
-        os.dup2(log, 2)
         refusing = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
         refusing.add_rule(pyseccomp.ERRNO(errno.ENOSYS), "clone3")
         refusing.load()
         cloner = InitCloner(cgroup_v2=True)
-        for index in range(2):
-            with spawned(cgroup, cloner, index) as jail:
-                seen = {
-                    "inside": first_line(jail.output),
-                    "init": cgroup_of(jail.init_pid),
-                    "into_cgroup": cloner.into_cgroup,
-                }
-            os.write(reports, json.dumps(seen).encode() + b"\n")
+        with (
+            open(log, "w", buffering=1, closefd=False) as logged,
+            contextlib.redirect_stderr(logged),
+        ):
+            for index in range(2):
+                with spawned(cgroup, cloner, index) as jail:
+                    seen = {
+                        "inside": first_line(jail.output),
+                        "init": cgroup_of(jail.init_pid),
+                        "into_cgroup": cloner.into_cgroup,
+                    }
+                os.write(reports, json.dumps(seen).encode() + b"\n")
     except BaseException as exc:
         os.write(log, f"{type(exc).__name__}: {exc}".encode())
         os._exit(1)
