@@ -15,7 +15,10 @@ import redis
 from tests.redis_server import free_port
 
 SERVICE = "queue"
-DOWN_AFTER_MS = 1000
+# The Sentinel pings every second; with a one-second window, one late answer on a loaded host
+# marks a healthy primary down. A CI run lost its data that way: the freshly promoted primary
+# was "down" a second after its promotion, and the Sentinel failed back to the emptied node.
+DOWN_AFTER_MS = 3000
 _READY_TIMEOUT_S = 30.0
 
 
@@ -116,7 +119,9 @@ class SentinelSet:
         """Start the killed primary again (empty: it kept nothing on disk) as a replica of the
         new primary, as an operator's restart would, and return once it is in sync. (Left to
         come back as a primary, it waits for the Sentinel's own schedule to be converted: past
-        30 s once on a loaded machine.)"""
+        30 s once on a loaded machine.) It comes back with replica priority 0, never to be
+        promoted, as an operator brings back a node that lost its data: a failover to it (a
+        false one, on a loaded host) would empty the queue."""
         self.primary.stop()
         new_primary = str(self.primary_port())
         self.primary = _server(
@@ -125,6 +130,8 @@ class SentinelSet:
             "--replicaof",
             "127.0.0.1",
             new_primary,
+            "--replica-priority",
+            "0",
             port=self.primary.port,
         )
         _until(lambda: _in_sync(self.primary), "the old primary to sync as a replica", 60.0)
