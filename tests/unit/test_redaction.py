@@ -22,6 +22,18 @@ def test_every_form_is_replaced_and_the_longest_wins() -> None:
     assert redact("nothing to see") == "nothing to see"
 
 
+def test_many_credentials_are_found_in_groups_and_a_long_form_wins_over_one_it_contains() -> None:
+    """Thousands of characters of forms are built into several automata (each build holds the
+    GIL); the longest forms' group runs first, so a secret containing another goes whole."""
+    inner = "inner-secret"
+    outer = "0" * 2000 + inner + "1" * 2000
+    others = [f"{i:02}" + "k" * 1000 for i in range(16)]
+    redact = Redactor([inner, *others, outer])
+    text = f"a {outer} b {inner} c {others[7]} d " + base64.b64encode(others[0].encode()).decode()
+    assert redact(text) == f"a {MARKER} b {MARKER} c {MARKER} d {MARKER}"
+    assert len(redact._matchers) >= 3  # the forms took several groups
+
+
 def test_short_values_are_not_secrets() -> None:
     assert Redactor(["abc"])("abc abc") == "abc abc"
 
