@@ -330,11 +330,14 @@ class ChunkedInput:
         return self._complete
 
     def value(self) -> bytes:
-        """The whole input; InvalidRequest when the piece marked last never came. (Joining
-        megabytes releases the GIL: call it in a thread for a large input.)"""
+        """The whole input, once; InvalidRequest when the piece marked last never came. Call it
+        in a thread for a large input: joining megabytes releases the GIL, and the pieces are
+        freed here (64 one-MiB pieces take ~10 ms to unmap)."""
         if not self._complete:
             raise self._invalid("the input ended without a chunk marked last")
-        return b"".join(self._parts)
+        whole = b"".join(self._parts)
+        self._parts.clear()
+        return whole
 
     def _declare(self, first: pb.InputChunk) -> None:
         if not first.total_bytes and not (first.last and not first.data):

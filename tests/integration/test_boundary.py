@@ -27,6 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandbox_client._errors import error_from_rpc
 from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd import hugepages
 from tests.conftest import DaemonProcess, start_daemon
 
 # Jails of these daemons run as host uids from here on, apart from the other tests' daemons.
@@ -400,6 +401,17 @@ async def test_a_caller_gone_by_tcp_reset_frees_its_jail_within_a_second(
         await client.close()
         await proxy.close()
     await serves_another_tenant(daemon.target)
+
+
+def test_the_daemon_mallocs_in_huge_pages_in_the_process_it_was_started_as(
+    daemon: DaemonProcess,
+) -> None:
+    """`serve` starts itself again with glibc's huge-page tunable (sandboxd.hugepages): large
+    buffers fault and unmap 2 MiB at a time, not 4 KiB, on the event loop. The pid stays."""
+    if not hugepages.thp_available():
+        pytest.skip("the kernel has transparent huge pages off")
+    environ = Path(f"/proc/{daemon.process.pid}/environ").read_bytes().split(b"\0")
+    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
 
 
 def daemon_rss(daemon: DaemonProcess) -> int:
