@@ -204,8 +204,8 @@ NOT_PROTOBUF = (
     "the ExecuteRequest message is not valid protobuf (malformed, or a string field that is not"
     " UTF-8)"
 )
-# Over max_request_bytes (4 MiB) by less than the 1 MiB gRPC still reads, to refuse it by name.
-OVERSIZED = request(input=b'"' + b"x" * ((4 << 20) + (512 << 10)) + b'"').SerializeToString()
+# Over max_request_bytes (2 MiB) by less than the 1 MiB gRPC still reads, to refuse it by name.
+OVERSIZED = request(input=b'"' + b"x" * ((2 << 20) + (512 << 10)) + b'"').SerializeToString()
 UNDECODABLE = {
     "garbage": (
         b"\xff\xff\xff\xff",
@@ -221,7 +221,7 @@ UNDECODABLE = {
     ),
     "over-max-request-bytes": (
         OVERSIZED,
-        f"the ExecuteRequest message of {len(OVERSIZED)} bytes is over the limit of 4194304 bytes"
+        f"the ExecuteRequest message of {len(OVERSIZED)} bytes is over the limit of 2097152 bytes"
         " (max_request_bytes); send a large input in chunks (ExecuteChunked)",
     ),
 }
@@ -240,13 +240,13 @@ async def test_undecodable_messages_are_invalid_argument(
 async def test_a_message_far_over_the_limit_is_refused_unread(
     daemon: DaemonProcess, channel: grpc.aio.Channel
 ) -> None:
-    raw = request(input=b'"' + b"x" * (6 << 20) + b'"').SerializeToString()
+    raw = request(input=b'"' + b"x" * (4 << 20) + b'"').SerializeToString()
     refused = await refusal_of(execute_bytes(channel, raw))
     # gRPC's own limit (max_request_bytes + 1 MiB): the daemon never copies it into Python.
     assert refused == (
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         ErrorKind.INVALID_REQUEST,
-        f"SERVER: Received message larger than max ({len(raw)} vs. 5242880)",
+        f"SERVER: Received message larger than max ({len(raw)} vs. 3145728)",
         None,
     )
     await serves_another_tenant(daemon.target)

@@ -139,7 +139,7 @@ describe("SandboxClient against a real daemon", () => {
     const steps = [{ name: "huge", code: `module.exports = () => 1 // ${"x".repeat(6 << 20)}` }];
     const error = await failure(client.run({ tenantId: "acme", steps }));
     assert.equal(error.kind, "INVALID_REQUEST");
-    assert.match(error.message, /larger than max \(\d+ vs\. 5242880\)/);
+    assert.match(error.message, /larger than max \(\d+ vs\. 3145728\)/);
   });
 
   test("a Buffer result is a Uint8Array", async () => {
