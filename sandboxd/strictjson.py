@@ -18,6 +18,7 @@ child ends when the daemon's end of its stdin closes, the daemon's exit included
 from __future__ import annotations
 
 import asyncio
+import io
 import itertools
 import json
 import re
@@ -25,6 +26,7 @@ import struct
 import subprocess
 import sys
 import weakref
+from typing import cast
 
 import msgspec
 
@@ -55,12 +57,14 @@ class InvalidJson(ValueError):
     """The input is not strict JSON; the message says why."""
 
 
-def check(raw: bytes, max_depth: int) -> None:
+def check(raw: bytes | bytearray, max_depth: int) -> None:
     """Raise InvalidJson unless `raw` is strict JSON nested at most `max_depth` deep."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InvalidJson(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    # ASCII is UTF-8: a scan without the decoded copy (16 MiB of text took 15-30 ms to make).
+    if not raw.isascii():
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidJson(f"not UTF-8: {exc.reason} at byte {exc.start}") from None
     if _nests_deeper(raw, max_depth):
         raise InvalidJson(f"nested more than max_input_depth={max_depth} arrays and objects deep")
     try:
@@ -71,7 +75,7 @@ def check(raw: bytes, max_depth: int) -> None:
     try:
         # parse_int: any integer is valid JSON; converting it is not needed, and Python's int()
         # refuses more than 4300 digits where JavaScript reads a float.
-        json.loads(text, parse_constant=_refuse_constant, parse_int=len)
+        json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant, parse_int=len)
     except ValueError as exc:  # JSONDecodeError included
         raise InvalidJson(str(exc)) from None
 
@@ -137,11 +141,12 @@ _turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] 
 )
 
 
-def _nests_deeper(raw: bytes, max_depth: int) -> bool:
+def _nests_deeper(raw: bytes | bytearray, max_depth: int) -> bool:
     """Whether arrays and objects nest deeper than `max_depth`, brackets in strings not counted.
     Linear and at C speed (regular expressions, split, translate, accumulate), never recursive,
     with early answers for the common case of few brackets."""
-    if raw.count(b"[") + raw.count(b"{") <= max_depth:  # strings' brackets counted: a bound
+    # Strings' brackets counted too: a bound. find() is memchr; count() took 10 ms for 16 MiB.
+    if _found(raw, b"[", max_depth) + _found(raw, b"{", max_depth) <= max_depth:
         return False
     outside_strings = b"".join(_ESCAPE.sub(b"", raw).split(b'"')[0::2])
     brackets = outside_strings.translate(None, _NOT_BRACKETS)
@@ -157,22 +162,44 @@ def _nests_deeper(raw: bytes, max_depth: int) -> bool:
     return False
 
 
+def _found(raw: bytes | bytearray, byte: bytes, limit: int) -> int:
+    """How many times `byte` is in `raw`, counted no further than `limit` + 1."""
+    found, at = 0, raw.find(byte)
+    while at >= 0 and found <= limit:
+        found += 1
+        at = raw.find(byte, at + 1)
+    return found
+
+
 def _refuse_constant(name: str) -> object:
     raise ValueError(f"{name} is not JSON")
 
 
 def _serve() -> None:
     """The child: inputs on stdin, verdicts on stdout, until stdin closes."""
-    stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
+    stdin, stdout = cast(io.BufferedIOBase, sys.stdin.buffer), sys.stdout.buffer
     while head := stdin.read(_HEADER.size):
         size, max_depth = _HEADER.unpack(head)
         try:
-            check(stdin.read(size), max_depth)
+            check(_read_exactly(stdin, size), max_depth)
             verdict = b""
         except InvalidJson as exc:
             verdict = str(exc).encode()
         stdout.write(_HEADER.pack(len(verdict), 0) + verdict)
         stdout.flush()
+
+
+def _read_exactly(stream: io.BufferedIOBase, size: int) -> bytearray:
+    """`size` bytes read into one buffer (read(size) gathers pieces, then copies them)."""
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    done = 0
+    while done < size:
+        got = stream.readinto(view[done:])
+        if not got:
+            raise SystemExit(0)  # the daemon went away mid-input
+        done += got
+    return buffer
 
 
 if __name__ == "__main__":

@@ -23,6 +23,9 @@ BOM = "Unexpected UTF-8 BOM (decode using utf-8-sig): line 1 column 1 (char 0)"
         b"1" * 5000,  # JavaScript reads it as a float; Python's int() would refuse it
         b'{"a": "[[[[ \\" {{{{"}',  # brackets and escaped quotes inside strings do not nest
         b"[" * 8 + b"]" * 8,
+        b"[" + b",".join([b"[{}]"] * 20) + b"]",  # more brackets than the depth, 3 deep
+        b'"' + b"[{" * 20 + b'"',  # more brackets than the depth, all in a string
+        '{"a": "é€😀"}'.encode(),  # not ASCII: UTF-8 checked by decoding
         b'"\\ud800"',  # a lone surrogate escape: JSON.parse takes it, msgspec alone would not
         b'[1e999, "\x7f", {"a": 1, "a": 2}]',  # Infinity by overflow, DEL, a repeated key
     ],
