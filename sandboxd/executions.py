@@ -53,6 +53,18 @@ _TRIM_AFTER_BYTES = 4 * 1024 * 1024
 _libc = ctypes.CDLL(None)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class _StepRun:
+    """A step the runner has been given: when it began, by when it must end, and the jail's
+    CPU time and egress counters at its start."""
+
+    began: float
+    deadline: float
+    late: str
+    cpu_mark: int
+    egress_mark: EgressUsage
+
+
 class _LogStream:
     """What one step may still stream to the caller: log bytes and entries, then one marker."""
 
@@ -129,7 +141,7 @@ class Execution:
             self.waiting_task = None
             if self._cancelled:
                 jail.kill()
-            yield self._events.make(
+            started = self._events.make(
                 execution_started=pb.ExecutionStarted(
                     tenant_id=plan.tenant_id,
                     step_count=len(plan.steps),
@@ -139,7 +151,7 @@ class Execution:
             )
             output = JailOutput(jail.channel, plan.limits)
             try:
-                async for event in self._run_steps(jail, output):
+                async for event in self._run_steps(jail, output, started):
                     yield event
             finally:
                 await output.close()
@@ -171,8 +183,11 @@ class Execution:
         return self._events.finished(0, ("", failure), pb.Usage())
 
     async def _run_steps(
-        self, jail: PooledJail, output: JailOutput
+        self, jail: PooledJail, output: JailOutput, started: pb.ExecutionEvent
     ) -> AsyncIterator[pb.ExecutionEvent]:
+        """The execution's events from `started` on. The runner gets each piece of work before
+        the caller hears of it (the context before ExecutionStarted, a step before its
+        StepStarted): it works while the event is written to the caller (a gRPC write)."""
         began = time.monotonic()
         cpu_mark = _cpu_time_us(_read_usage(jail))
         egress_mark = _egress_mark(self._egress)
@@ -182,19 +197,26 @@ class Execution:
             await self._send_context(jail)
         except StepFailure as exc:
             usage = _usage(0, _read_usage(jail), cpu_mark, self._egress, egress_mark)
+            yield started
             yield self._events.finished(0, ("", exc), usage)
             return
+        yield started
         async for step in self._step_source():
             if isinstance(step, StepFailure):
                 failure = ("", step)
                 break
-            yield self._events.step_started(step)
+            announced = False
             try:
-                async for event in self._run_step(jail, output, step):
+                run = await self._start_step(jail, output, step)
+                yield self._events.step_started(step)
+                announced = True
+                async for event in self._step_events(jail, output, step, run):
                     yield event
                 completed += 1
             except StepFailure as exc:
                 failure = (step.name, exc)
+                if not announced:
+                    yield self._events.step_started(step)
                 yield self._events.step_failed(step, exc)
                 if not (self.plan.session and exc.recoverable):
                     break
@@ -249,20 +271,23 @@ class Execution:
         late = f"the runner did not take the execution's context within {limit_ms} ms"
         await self._send(jail, header, plan.input, deadline, late)
 
-    async def _run_step(
-        self, jail: PooledJail, output: JailOutput, step: StepPlan
-    ) -> AsyncIterator[pb.ExecutionEvent]:
+    async def _start_step(self, jail: PooledJail, output: JailOutput, step: StepPlan) -> _StepRun:
+        """Hand the runner the step (its own input, if any, then its code): its time starts."""
         limits = step.limits
         began = time.monotonic()
-        # Sending the step's work counts against its time: a runner that stops reading is late.
-        deadline = began + limits.timeout_ms / 1000
-        late = f"step {step.name!r} ran past its time limit of {limits.timeout_ms} ms"
-        cpu_mark = _cpu_time_us(self._usage_now(jail))
-        egress_mark = _egress_mark(self._egress)
+        run = _StepRun(
+            began=began,
+            # Sending the step's work counts against its time: a runner that stops reading is
+            # late.
+            deadline=began + limits.timeout_ms / 1000,
+            late=f"step {step.name!r} ran past its time limit of {limits.timeout_ms} ms",
+            cpu_mark=_cpu_time_us(self._usage_now(jail)),
+            egress_mark=_egress_mark(self._egress),
+        )
         output.begin_step(step.index, limits)
         if step.input is not None:
             header = {"t": "input", "seq": step.index}
-            await self._send(jail, header, step.input, deadline, late)
+            await self._send(jail, header, step.input, run.deadline, run.late)
         header = {
             "t": "step",
             "seq": step.index,
@@ -272,15 +297,23 @@ class Execution:
             "logLines": limits.log_lines,
             "resultBytes": limits.result_bytes,
         }
-        await self._send(jail, header, step.code.encode(), deadline, late)
+        await self._send(jail, header, step.code.encode(), run.deadline, run.late)
+        return run
+
+    async def _step_events(
+        self, jail: PooledJail, output: JailOutput, step: StepPlan, run: _StepRun
+    ) -> AsyncIterator[pb.ExecutionEvent]:
+        """The started step's logs, then its result."""
         stream = _LogStream(step)
         while True:
-            item = await self._next(output, jail, deadline, late)
+            item = await self._next(output, jail, run.deadline, run.late)
             if isinstance(item, Frame) and isinstance(item.header, Result):
                 await _check_result(jail, item.header, item.body)
-                duration = time.monotonic() - began
+                duration = time.monotonic() - run.began
                 self._step_end = _read_usage(jail)
-                usage = _usage(duration, self._step_end, cpu_mark, self._egress, egress_mark)
+                usage = _usage(
+                    duration, self._step_end, run.cpu_mark, self._egress, run.egress_mark
+                )
                 for event in self._events.step_result(step, item.header, item.body, usage):
                     yield event
                 return
