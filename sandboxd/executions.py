@@ -104,7 +104,8 @@ class Execution:
         self._steps = steps
         self._gateway = egress
         self._egress: EgressSession | None = None
-        self._events = EventStamper(plan.execution_id, Redactor(plan.credentials.values()))
+        self._redactor = Redactor(plan.credentials.values())
+        self._events = EventStamper(plan.execution_id, self._redactor)
         self._jail: PooledJail | None = None
         self._cancelled = False
         # The jail's usage read when the last step ended; see _usage_now.
@@ -177,9 +178,10 @@ class Execution:
         finally:
             await session.close()
 
-    def internal_error(self) -> pb.ExecutionEvent:
+    async def internal_error(self) -> pb.ExecutionEvent:
         """The ExecutionFinished of an execution the daemon itself failed (its log says how)."""
         failure = StepFailure(pb.ERROR_KIND_INTERNAL, "the daemon failed while running it")
+        await self._redactor.ready()
         return self._events.finished(0, ("", failure), pb.Usage())
 
     async def _run_steps(
@@ -198,6 +200,7 @@ class Execution:
         except StepFailure as exc:
             usage = _usage(0, _read_usage(jail), cpu_mark, self._egress, egress_mark)
             yield started
+            await self._redactor.ready()
             yield self._events.finished(0, ("", exc), usage)
             return
         yield started
@@ -217,11 +220,14 @@ class Execution:
                 failure = (step.name, exc)
                 if not announced:
                     yield self._events.step_started(step)
+                await self._redactor.ready()
                 yield self._events.step_failed(step, exc)
                 if not (self.plan.session and exc.recoverable):
                     break
         duration = time.monotonic() - began
         usage = _usage(duration, self._usage_now(jail), cpu_mark, self._egress, egress_mark)
+        if failure is not None:
+            await self._redactor.ready()
         yield self._events.finished(completed, failure, usage)
 
     def _usage_now(self, jail: PooledJail) -> CgroupUsage | None:
@@ -319,6 +325,7 @@ class Execution:
                 return
             if isinstance(item, Frame) and isinstance(item.header, ErrorHeader):
                 raise runner_error(item.header, jail)
+            await self._redactor.ready()  # the first output of the execution waits for it
             for event in self._logs(step, item, stream):
                 yield event
 
@@ -588,7 +595,7 @@ async def _finishing(execution: Execution) -> AsyncIterator[pb.ExecutionEvent]:
     except Exception:
         log.exception("execution %s: the daemon failed", execution.plan.execution_id)
     if not finished:
-        yield execution.internal_error()
+        yield await execution.internal_error()
 
 
 def release_memory() -> None:

@@ -9,12 +9,13 @@ The forms are found by Aho-Corasick automata (the Rust `aho-corasick` crate, lef
 a form that contains another is replaced whole): each scan is linear in the text and releases the
 GIL. Their contiguous NFA is used because the crate's DFA takes seconds to build for long
 repetitive values. Building is linear in the forms' total length (0.1-0.2 µs per byte) but
-holds the GIL throughout, so a large set is built in groups of about 8 KB of forms, each
-about 1.5 ms, on a worker thread while the jail starts, pausing between groups so that the
-event loop gets the GIL back. The text then takes one pass per group, the group of the longest
-forms first, so that a form is replaced before any shorter form it contains. The request limits
-on credentials (sandboxd/config.py) bound the groups: 64 KiB of credentials make a few dozen at
-most.
+holds the GIL throughout, so a large set is built in groups of about 8 KB of forms, each about
+1.5 ms, on a worker thread, pausing between groups so that the event loop gets the GIL back;
+and only once a step has printed or failed (`Redactor.ready`): built while the jail started, its
+GIL holds fell on the daemon's busiest moments with a large request. The text then takes one
+pass per group, the group of the longest forms first, so that a form is replaced before any
+shorter form it contains. The request limits on credentials (sandboxd/config.py) bound the
+groups: 64 KiB of credentials make a few dozen at most.
 
 Not covered: a secret split across two log calls, or transformed otherwise (hex, reversed, base64
 of a longer string that contains it at an offset that is not a multiple of 3). One form is never
@@ -25,6 +26,7 @@ need escaping).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -47,24 +49,33 @@ _builder: ThreadPoolExecutor | None = None
 
 
 class Redactor:
+    """Scrubs every form of the credentials from text. A large set's automata are built on a
+    worker thread at the first need (`ready`): most executions never print anything."""
+
     def __init__(self, secrets: Iterable[str]):
-        kept = [secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH]
-        self._matchers: list[ahocorasick_rs.BytesAhoCorasick] = []
+        self._secrets = [secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH]
+        self._matchers: list[ahocorasick_rs.BytesAhoCorasick] | None = None
         self._building: Future[list[ahocorasick_rs.BytesAhoCorasick]] | None = None
-        if sum(map(len, kept)) <= _INLINE_SECRET_CHARS:
-            self._matchers = _automata(kept)
-        else:
-            # Computing the forms (URL-quoting is ~1 µs per character) and the automata takes
-            # tens of milliseconds for the largest credentials allowed.
-            self._building = _thread_pool().submit(_automata, kept)
+        if sum(map(len, self._secrets)) <= _INLINE_SECRET_CHARS:
+            self._matchers = _automata(self._secrets)
+
+    async def ready(self) -> None:
+        """Build the automata, if they are not yet, without blocking the event loop: computing
+        the forms (URL-quoting is ~1 µs per character) and the automata takes tens of
+        milliseconds for the largest credentials allowed."""
+        if self._matchers is not None:
+            return
+        if self._building is None:
+            self._building = _thread_pool().submit(_automata, self._secrets)
+        self._matchers = await asyncio.wrap_future(self._building)
 
     def __call__(self, text: str) -> str:
         if not text:
             return text
-        if self._building is not None:
-            # Built while the jail started: done long before a step can log anything.
-            self._matchers = self._building.result()
-            self._building = None
+        if self._matchers is None:
+            # Not made ready: built here, blocking, rather than let a secret through.
+            built = self._building.result() if self._building else _automata(self._secrets)
+            self._matchers = built
         if not self._matchers:
             return text
         # Scanned as UTF-8: the crate's str search converts every offset to a character index,

@@ -34,15 +34,23 @@ def test_many_credentials_are_found_in_groups_and_a_long_form_wins_over_one_it_c
     assert len(redact._matchers) >= 3  # the forms took several groups
 
 
+def test_a_redactor_used_before_it_is_ready_still_redacts() -> None:
+    secrets = [f"{i:02}" + "k" * 1000 for i in range(8)]
+    assert Redactor(secrets)(f"a {secrets[5]} b") == f"a {MARKER} b"
+
+
 def test_short_values_are_not_secrets() -> None:
     assert Redactor(["abc"])("abc abc") == "abc abc"
 
 
-def test_large_credential_sets_are_built_aside_and_scans_stay_linear() -> None:
+async def test_large_credential_sets_are_built_aside_when_needed_and_scans_stay_linear() -> None:
     secrets = [f"{i:02}" + "s€" * 500 for i in range(64)]
     began = time.monotonic()
     redact = Redactor(secrets)
-    assert time.monotonic() - began < 0.05  # the automaton is built on a worker thread
+    assert time.monotonic() - began < 0.05
+    assert (redact._matchers, redact._building) == (None, None)  # nothing printed: not built
+    await redact.ready()  # built on a worker thread
+    assert redact._matchers
     text = ("log line without secrets " * 40_000) + secrets[63]
     assert redact(text).endswith(MARKER)
     began = time.monotonic()
