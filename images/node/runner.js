@@ -1212,7 +1212,7 @@ function appendInput(chunk) {
   if (needed > byteLengthOf(inputBuffer)) {
     let capacity = byteLengthOf(inputBuffer) * 2;
     while (capacity < needed) capacity *= 2;
-    const grown = BufferAllocUnsafe(MathMax(needed, firstFrameBytes(chunk), capacity));
+    const grown = BufferAllocUnsafe(MathMax(capacity, firstFrameBytes(chunk)));
     TypedArraySet(grown, view(inputBuffer, 0, inputLength), 0);
     inputBuffer = grown;
   }

@@ -109,7 +109,9 @@ class Runner:
     # -- frames -------------------------------------------------------------------------------
 
     def send(self, header: dict[str, Any], body: bytes = b"") -> None:
-        data = encode(header, body)
+        self.send_bytes(encode(header, body))
+
+    def send_bytes(self, data: bytes) -> None:
         while data:
             data = data[os.write(self.work, data) :]
 
@@ -390,6 +392,30 @@ def test_large_input_code_and_results(started: Runner) -> None:
     before, result = started.run(2, "chatty", chatty)
     assert [f.body for f in before] == [str(i).encode() for i in range(5000)]
     assert_result(result, 2, b"1")
+
+
+def test_a_large_frame_that_arrives_in_pieces_is_read_whole(started: Runner) -> None:
+    """The runner sizes its buffer from a frame's prefix: a prefix split across reads, and a
+    large frame that begins after a small one in the same read, still give whole frames."""
+    assert started.read() is not None
+    text = "".join(chr(0x61 + i % 26) for i in range(3 << 20))
+    exec_frame = encode(EXEC, json.dumps({"text": text}).encode())
+    pieces = [exec_frame[:3], exec_frame[3:5000]]
+    pieces += [exec_frame[at : at + (256 << 10)] for at in range(5000, len(exec_frame), 256 << 10)]
+    for piece in pieces:
+        started.send_bytes(piece)
+        time.sleep(0.01)  # each piece a read of its own
+    code = "module.exports = (c) => [c.input.text.length, c.input.text.slice(-3)]"
+    _, result = started.run(0, "count", code)
+    assert_result(result, 0, json.dumps([len(text), text[-3:]], separators=(",", ":")).encode())
+    # A small frame and the start of a large one in one read; the large one replaces its input.
+    small = encode({"t": "input", "seq": 1}, b'"s"')
+    large = encode({"t": "input", "seq": 1}, json.dumps(text[::-1]).encode())
+    started.send_bytes(small + large[:100])
+    time.sleep(0.01)
+    started.send_bytes(large[100:])
+    _, result = started.run(1, "tail", "module.exports = (c) => [c.input.length, c.input[0]]")
+    assert_result(result, 1, json.dumps([len(text), text[-1]], separators=(",", ":")).encode())
 
 
 def test_the_runners_rehearsal_leaves_no_trace_for_the_first_step(runner: Runner) -> None:
