@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 TUNABLE = "glibc.malloc.hugetlb"
-_THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,6 @@ def restart_with_hugepage_malloc() -> None:
 def thp_available() -> bool:
     """Whether the kernel gives transparent huge pages to a process that asks (madvise)."""
     try:
-        return "[never]" not in _THP_MODE.read_text()
+        return "[never]" not in THP_MODE.read_text()
     except OSError:
         return False

@@ -412,6 +412,10 @@ def test_the_daemon_mallocs_in_huge_pages_in_the_process_it_was_started_as(
         pytest.skip("the kernel has transparent huge pages off")
     environ = Path(f"/proc/{daemon.process.pid}/environ").read_bytes().split(b"\0")
     assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
+    if "[madvise]" in hugepages.THP_MODE.read_text():  # only asked-for pages are huge: ours
+        rollup = Path(f"/proc/{daemon.process.pid}/smaps_rollup").read_text()
+        (huge_kib,) = (int(line.split()[1]) for line in rollup.splitlines() if "AnonHuge" in line)
+        assert huge_kib > 0, rollup
 
 
 def daemon_rss(daemon: DaemonProcess) -> int:
