@@ -12,6 +12,9 @@ start without limits:
 * v1: `<mount of each controller>/<own path>/<parent_name>/<jail_id>` for memory, pids, cpu,
   cpuacct and freezer (co-mounted controllers share one directory).
 
+The parent weighs JAILS_CPU_WEIGHT against the daemon: under contention the daemon's event loop
+comes before customer code.
+
 `driver.create()` makes one jail's cgroup with its limits set before any process is in it; the
 jail's first process writes "0" (itself) into every file of `procs_files` before it unshares, so
 every later process of the jail is born inside and cannot leave (the jail has no /sys and its own
@@ -40,6 +43,11 @@ V1_CONTROLLERS: Final = ("memory", "pids", "cpu", "cpuacct", "freezer")
 CPU_PERIOD_US: Final = 100_000
 MIN_CPU_QUOTA_US: Final = 1_000  # the kernel refuses a smaller cfs quota
 NORMAL_CPU_WEIGHT: Final = 100  # v2's default cpu.weight; v1's cpu.shares 1024
+# All jails together, against the daemon's normal weight: when jails keep every core busy (a
+# step parsing a 64 MiB input), the daemon's event loop still runs the moment it wakes, instead
+# of queueing behind them for up to 9 ms (`perf sched`, benchmarks/event_loop.py). Weights count
+# only under contention, and the daemon uses a core at most: jails keep the rest.
+JAILS_CPU_WEIGHT: Final = 12
 DRAIN_TIMEOUT_S: Final = 5.0  # kill -> every process gone: milliseconds, unless the host is stuck
 _POLL_S: Final = 0.002
 _READ_CHUNK: Final = 64 * 1024
@@ -344,6 +352,7 @@ def _prepare_v2(own: str, parent: str) -> None:
     _write(os.path.join(own, "cgroup.subtree_control"), enable, "enable controllers in")
     _mkdir(parent, exist_ok=True)
     _write(os.path.join(parent, "cgroup.subtree_control"), enable, "enable controllers in")
+    _write(os.path.join(parent, "cpu.weight"), str(JAILS_CPU_WEIGHT), "set cpu weight of")
     if not os.path.exists(os.path.join(parent, "cgroup.kill")):
         raise CgroupError(f"prepare {parent}: no cgroup.kill (Linux 5.14 or later is needed)")
 
@@ -372,6 +381,8 @@ class V1Driver(CgroupDriver):
         super().__init__(tuple(dict.fromkeys(self._parents.values())))
         for parent in self.parent_dirs:
             _mkdir(parent, exist_ok=True)
+        shares = os.path.join(self._parents["cpu"], "cpu.shares")
+        _write(shares, _v1_shares(JAILS_CPU_WEIGHT), "set cpu shares of")
         # The parent has the files its jails will have: one look at daemon start, none per jail.
         self._swap_accounted = os.path.exists(
             os.path.join(self._parents["memory"], "memory.memsw.limit_in_bytes")

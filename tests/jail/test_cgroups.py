@@ -255,6 +255,18 @@ def test_cpu_weight_is_set_at_creation_and_changes_later(
     assert cpu_weight_of(jail) == normal
 
 
+def test_all_jails_together_weigh_an_eighth_of_the_daemon(
+    make_jail: Callable[..., JailCgroup],
+) -> None:
+    """The jails' parent: under contention, the daemon's event loop comes before customer code
+    (12 against v2's normal 100; v1's shares scale 100 to 1024)."""
+    jail = make_jail()
+    if isinstance(jail, V1Cgroup):
+        assert read(os.path.dirname(jail.controller_dirs["cpu"]), "cpu.shares") == "122"
+    else:
+        assert read(os.path.dirname(jail.dirs[0]), "cpu.weight") == "12"
+
+
 def test_a_removed_cgroups_usage_names_the_file_and_errno(
     make_jail: Callable[..., JailCgroup],
 ) -> None:
