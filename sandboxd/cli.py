@@ -20,7 +20,7 @@ from google.protobuf import json_format
 
 from sandbox_client import SandboxError
 from sandbox_client.v1 import sandbox_pb2 as pb
-from sandboxd import config, hugepages
+from sandboxd import config, memory
 from sandboxd.config import ConfigError, Settings
 from sandboxd.daemon import Daemon, ListenError
 from sandboxd.jail.errors import JailError
@@ -171,7 +171,7 @@ def _add_common(parser: argparse.ArgumentParser, default: object) -> None:
 
 
 def _serve(args: argparse.Namespace, settings: Settings) -> int:
-    hugepages.restart_with_hugepage_malloc()
+    memory.restart_with_malloc_tunables()
     asyncio.run(Daemon(settings).serve_forever())
     return 0
 
@@ -226,7 +226,7 @@ def _demo(args: argparse.Namespace, settings: Settings) -> int:
     from sandboxd.demo import CREDENTIALS, demo_settings, order_export, run_demo
     from sandboxd.demo_partner import partner_servers
 
-    hugepages.restart_with_hugepage_malloc()
+    memory.restart_with_malloc_tunables()
     with partner_servers(order_export(), CREDENTIALS["apiToken"]) as partners:
         run = functools.partial(run_demo, partners=partners)
         return asyncio.run(_with_local_daemon(demo_settings(settings, partners), 2, run))

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import time
@@ -22,7 +21,7 @@ from redis.exceptions import RedisError
 
 from sandbox_client.redisqueue.store import QueueDepth
 from sandbox_client.v1 import sandbox_pb2
-from sandboxd import preflight
+from sandboxd import memory, preflight
 from sandboxd.config import ConfigError, Settings
 from sandboxd.decoding import add_service
 from sandboxd.egress import EgressProxy
@@ -284,22 +283,10 @@ class Daemon:
             else f"{listen.rsplit(':', 1)[0]}:{self.port}"
         )
         print(f"sandboxd: serving on {where}", flush=True)
-        settle_heap()
+        memory.settle()
         await stop.wait()
         log.info("shutting down: draining for up to %.0f s", self.settings.shutdown_grace_s)
         await self.stop()
-
-
-def settle_heap() -> None:
-    """Collect once, then exempt everything alive from the cyclic collector for good.
-
-    What the start built (modules, the proto descriptors, gRPC, the pool) lives as long as the
-    daemon; without this every full collection walks all of it on the event loop, 25-80 ms (the
-    daemon runs one after each large execution, `executions.release_memory`, and Python runs
-    its own now and then). Frozen, a full collection walks only what came after the start.
-    """
-    gc.collect()
-    gc.freeze()
 
 
 class ListenError(Exception):

@@ -8,8 +8,6 @@ field) becomes an `Undecodable`, which the servicer refuses like any other inval
 
 from __future__ import annotations
 
-import asyncio
-import ctypes
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -18,13 +16,9 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 
 from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd import memory
 
 SERVICE = pb.DESCRIPTOR.services_by_name["SandboxService"]
-
-
-# After refusing a message this large, the memory gRPC read it into goes back to the system.
-_TRIM_AFTER_BYTES = 4 * 1024 * 1024
-_libc = ctypes.CDLL(None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,25 +28,12 @@ class Undecodable:
     reason: str
     size: int
 
-    async def release(self) -> None:
+    def release(self) -> None:
         """Give the memory the message took back to the system, if it was large: gRPC reads it
         into many buffers that glibc keeps after they are freed (a burst of refused 60 MB
-        messages left the daemon 65 MB larger). malloc_trim runs without the GIL, in a thread."""
-        if self.size >= _TRIM_AFTER_BYTES:
-            await asyncio.to_thread(_libc.malloc_trim, 0)
-            # gRPC frees the call's own buffers only once the refusal is sent: trim again then.
-            task = asyncio.create_task(_trim_after(_CALL_TEARDOWN_S))
-            _trims.add(task)
-            task.add_done_callback(_trims.discard)
-
-
-_CALL_TEARDOWN_S = 0.5
-_trims: set[asyncio.Task[None]] = set()
-
-
-async def _trim_after(delay_s: float) -> None:
-    await asyncio.sleep(delay_s)
-    await asyncio.to_thread(_libc.malloc_trim, 0)
+        messages left the daemon 65 MB larger)."""
+        if self.size >= memory.GIVE_BACK_AFTER_BYTES:
+            memory.give_back()
 
 
 def add_service(servicer: object, server: grpc.aio.Server, max_request_bytes: int) -> None:

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import ctypes
 import dataclasses
-import gc
 import json
 import logging
 import os
@@ -25,6 +23,7 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from sandbox_client.v1 import sandbox_pb2 as pb
+from sandboxd import memory
 from sandboxd.channel import Frame
 from sandboxd.egress import EgressGrant, EgressProxy, EgressSession, EgressUsage
 from sandboxd.events import EventStamper
@@ -49,8 +48,6 @@ _OWN_EXIT_GRACE_S = 0.5
 # which reports an undecodable result as an error of the step's own making.
 _VALIDATED_JSON_BYTES = 1024 * 1024
 _INLINE_JSON_BYTES = 64 * 1024
-_TRIM_AFTER_BYTES = 4 * 1024 * 1024
-_libc = ctypes.CDLL(None)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -560,8 +557,8 @@ class Executor:
             else:
                 self.outcomes[ending_outcome(ending, past_deadline)] += 1
             del self.running[key]
-            if moved >= _TRIM_AFTER_BYTES:
-                release_memory()
+            if moved >= memory.GIVE_BACK_AFTER_BYTES:
+                memory.give_back(collect=True)
 
     def cancel(self, tenant_id: str, execution_id: str) -> bool:
         """Cancel the tenant's execution; False when the tenant has none running by that id."""
@@ -596,18 +593,3 @@ async def _finishing(execution: Execution) -> AsyncIterator[pb.ExecutionEvent]:
         log.exception("execution %s: the daemon failed", execution.plan.execution_id)
     if not finished:
         yield await execution.internal_error()
-
-
-def release_memory() -> None:
-    """Give a large payload's memory back to the system once its execution is over.
-
-    Some of an execution's objects end in reference cycles (async generators, cancelled tasks,
-    tracebacks) that only the cyclic collector frees; with a 16 MiB payload the daemon's memory
-    climbed in a saw-tooth to twice its size before a collection came. A full collection after an
-    execution that moved megabytes keeps it flat, then glibc gets the freed pages back.
-
-    The collection is short because the daemon's start froze its heap (`daemon.settle_heap`);
-    malloc_trim walks glibc's arenas without the GIL, in a thread, so the loop goes on meanwhile.
-    """
-    gc.collect()
-    asyncio.get_running_loop().run_in_executor(None, _libc.malloc_trim, 0)

@@ -309,6 +309,11 @@ class ChunkedInput:
         self._digest = b""
         self._complete = False
 
+    @property
+    def received(self) -> int:
+        """The bytes taken so far."""
+        return self._size
+
     def add(self, chunk: pb.InputChunk) -> bool:
         """Take the next piece; whether the input is now complete."""
         if self._complete:
@@ -338,6 +343,10 @@ class ChunkedInput:
         whole = b"".join(self._parts)
         self._parts.clear()
         return whole
+
+    def discard(self) -> None:
+        """Drop the pieces taken (a refused upload's); in a thread when they are megabytes."""
+        self._parts.clear()
 
     def _declare(self, first: pb.InputChunk) -> None:
         if not first.total_bytes and not (first.last and not first.data):

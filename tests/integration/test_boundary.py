@@ -27,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandbox_client._errors import error_from_rpc
 from sandbox_client.v1 import sandbox_pb2 as pb
-from sandboxd import hugepages
+from sandboxd import memory
 from tests.conftest import DaemonProcess, start_daemon
 
 # Jails of these daemons run as host uids from here on, apart from the other tests' daemons.
@@ -403,16 +403,26 @@ async def test_a_caller_gone_by_tcp_reset_frees_its_jail_within_a_second(
     await serves_another_tenant(daemon.target)
 
 
-def test_the_daemon_mallocs_in_huge_pages_in_the_process_it_was_started_as(
+def test_the_daemon_runs_with_its_malloc_tunables_in_the_process_it_was_started_as(
     daemon: DaemonProcess,
 ) -> None:
-    """`serve` starts itself again with glibc's huge-page tunable (sandboxd.hugepages): large
-    buffers fault and unmap 2 MiB at a time, not 4 KiB, on the event loop. The pid stays."""
-    if not hugepages.thp_available():
-        pytest.skip("the kernel has transparent huge pages off")
-    environ = Path(f"/proc/{daemon.process.pid}/environ").read_bytes().split(b"\0")
-    assert b"GLIBC_TUNABLES=glibc.malloc.hugetlb=1" in environ
-    if "[madvise]" in hugepages.THP_MODE.read_text():  # only asked-for pages are huge: ours
+    """`serve` starts itself again with glibc's tunables (sandboxd.memory): large buffers fault
+    and unmap 2 MiB at a time, not 4 KiB, and free() keeps memory for the next request instead
+    of unmapping it on the event loop. The pid stays."""
+    # The dynamic loader ends each value it parsed with a NUL in the original environment
+    # block, which /proc shows: the tunables follow GLIBC_TUNABLES= as separate strings.
+    environ = Path(f"/proc/{daemon.process.pid}/environ").read_bytes()
+    expected = memory.tunables()
+    assert f"GLIBC_TUNABLES={expected[0]}\0".encode() in environ
+    assert all(f"\0{tunable}\0".encode() in environ for tunable in expected[1:])
+    assert expected[-2:] == (
+        "glibc.malloc.trim_threshold=33554432",
+        "glibc.malloc.mmap_threshold=33554432",
+    )
+    if not memory.thp_available():
+        assert len(expected) == 2
+    elif "[madvise]" in memory.THP_MODE.read_text():  # only asked-for pages are huge: ours
+        assert expected[0] == "glibc.malloc.hugetlb=1"
         rollup = Path(f"/proc/{daemon.process.pid}/smaps_rollup").read_text()
         (huge_kib,) = (int(line.split()[1]) for line in rollup.splitlines() if "AnonHuge" in line)
         assert huge_kib > 0, rollup
@@ -437,6 +447,43 @@ async def test_memory_comes_back_after_a_burst_of_refused_60_mb_requests(
     await asyncio.sleep(1.0)
     after = daemon_rss(daemon)
     assert after <= before * 1.2, f"RSS {before >> 20} MiB before, {after >> 20} MiB after"
+    await serves_another_tenant(daemon.target)
+
+
+async def test_memory_comes_back_after_refused_48_mib_uploads(
+    daemon: DaemonProcess, channel: grpc.aio.Channel
+) -> None:
+    """A refused upload's exception outlives the call (gRPC keeps the abort, which holds the
+    upload's frame): its 48 one-MiB pieces must still be freed and go back to the system."""
+    call = channel.stream_stream(
+        SERVICE + "ExecuteChunked",
+        request_serializer=pb.ExecuteChunkedRequest.SerializeToString,
+        response_deserializer=pb.ExecuteChunkedResponse.FromString,
+    )
+    piece = b"u" * (1 << 20)
+    chunks = [pb.InputChunk(offset=0, data=piece, total_bytes=64 << 20)]
+    chunks += [pb.InputChunk(offset=i << 20, data=piece) for i in range(1, 48)]
+    chunks.append(pb.InputChunk(offset=1, data=b"x"))  # out of place: refused
+    messages = [pb.ExecuteChunkedRequest(request=request())]
+    messages += [pb.ExecuteChunkedRequest(input_chunk=chunk) for chunk in chunks]
+    text = f"an input chunk starts at offset 1, expected {48 << 20}"
+    expected = (grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_REQUEST, text, "input_chunk")
+
+    async def refused_upload() -> None:
+        stream = call(timeout=30)
+        writer = asyncio.create_task(upload_as_clients_do(stream, messages))
+        assert await refusal_of(stream) == expected
+        await writer
+        await asyncio.sleep(1.0)  # the second trim comes after the call's teardown
+
+    # The first upload this large sizes gRPC's and glibc's arenas once; what must not happen
+    # is 48 MiB more with every refused upload (+50 MiB each before the fix).
+    await refused_upload()
+    before = daemon_rss(daemon)
+    for _ in range(3):
+        await refused_upload()
+    after = daemon_rss(daemon)
+    assert after <= before + (24 << 20), f"RSS {before >> 20} MiB before, {after >> 20} MiB after"
     await serves_another_tenant(daemon.target)
 
 
