@@ -100,6 +100,7 @@ class Daemon:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task[None] | None = None
+        self._memory_task: asyncio.Task[None] | None = None
         self._cgroups: cgroups.CgroupDriver | None = None
 
     async def start(self) -> None:
@@ -173,6 +174,7 @@ class Daemon:
             self.telemetry.watch_queue(lambda: self._queue_depth)
         await self._server.start()
         self._health_task = asyncio.create_task(self._watch_health())
+        self._memory_task = asyncio.create_task(memory.give_back_after_growth())
         log.info(
             "sandboxd listening on %s port %d, %s (cgroups %s, seccomp %s)",
             settings.listen,
@@ -233,10 +235,11 @@ class Daemon:
             self.service.draining = True
         if self.admission is not None:
             self.admission.close()  # queued requests get UNAVAILABLE now and can go elsewhere
-        if self._health_task is not None:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._memory_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self._health.enter_graceful_shutdown()
         if self._queue_depth_task is not None:
             self._queue_depth_task.cancel()

@@ -2,28 +2,29 @@
 large buffers, and memory given back to the system after large requests, off the loop.
 
 A large request is copied a few times on the event loop (gRPC's receive buffer, the protobuf
-message, the joined input), and freed there. Left to its defaults, glibc makes the loop pay for
-memory twice per buffer:
+message, the joined input), and freed there. With `glibc.malloc.hugetlb=1` (glibc 2.35 and
+later) malloc asks for transparent huge pages where the kernel's THP mode is `madvise` (Debian's
+and Amazon Linux's default) or `always`: in 4 KiB pages every copy into fresh memory took a
+fault per page and every free unmapped them one by one, 10-12 ms of a single loop turn for a
+64 MiB input; huge pages take 512 times fewer.
 
-- `glibc.malloc.hugetlb=1` (glibc 2.35 and later): malloc asks for transparent huge pages where
-  the kernel's THP mode is `madvise` (Debian's and Amazon Linux's default) or `always`. In 4 KiB
-  pages every copy into fresh memory took a fault per page and every free unmapped them one by
-  one: 10-12 ms of a single loop turn for a 64 MiB input; huge pages take 512 times fewer.
-- `glibc.malloc.trim_threshold`: free() shrank the heap as soon as a few MiB lay free at its
-  top, so each megabyte chunk of an upload grew it again into fresh pages that the loop then
-  zeroed (1.4 ms per MiB on a nested VM: up to 6 ms of page clearing in one turn, `perf`). The
-  heap now shrinks on free() only past 32 MiB free at its top (glibc's own adjustment stops
-  there too). `settle()` faults in RESERVE_BYTES at the top of the main heap at start, so the
-  loop's buffers land in memory that is already there; `give_back()` (malloc_trim, in a
-  thread) returns the rest to the system, keeping the reserve, after an execution that moved
-  megabytes, a refused large message or a refused large upload.
-- `glibc.malloc.mmap_threshold`: setting the others stops glibc from raising the mmap threshold
-  by itself, which would leave it at 128 KiB and map (and zero) every buffer of a request
-  afresh; 32 MiB is the highest value glibc's own adjustment reaches.
+Freed memory is kept, within bounds, for the next request. glibc maps a buffer of 128 KiB or
+more afresh until the first such buffer is freed, and shrinks the heap whenever a few MiB lie
+free at its top: each megabyte chunk of an upload then grew it again into fresh pages that the
+loop zeroed (1.4 ms per MiB on a nested VM: up to 6 ms of page clearing in one turn, `perf`).
+`settle()` raises glibc's own thresholds once at start (a freed mapping of RESERVE_BYTES: the
+heap then shrinks on free() only past twice that) and faults in RESERVE_BYTES at the top of the
+heap, so the loop's buffers land in memory that is already there.
+
+Beyond that, memory goes back to the system through `give_back()` (malloc_trim, in a thread,
+keeping the reserve): after an execution that moved megabytes, a refused large message or a
+refused large upload, and, for what the daemon never sees (gRPC reads a message over its own
+limit into its threads' arenas and refuses it), whenever the daemon's RSS has grown by
+GIVE_BACK_AFTER_BYTES since it last looked (`give_back_after_growth`).
 
 glibc reads its tunables when a process starts, so the daemon's commands start themselves again
-with them set (exec: the same pid). The jails are not affected: the fork server and the runners
-get an environment of their own.
+with the tunable set (exec: the same pid). The jails are not affected: the fork server and the
+runners get an environment of their own.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ HUGE_PAGES = "glibc.malloc.hugetlb=1"
 # protobuf's, upload chunks). Without it the first message of the largest request (1 MB of
 # code) cost 6 ms of page clearing on the loop.
 RESERVE_BYTES: Final = 16 * 1024 * 1024
-TRIM_THRESHOLD_BYTES: Final = 32 * 1024 * 1024
-MMAP_THRESHOLD_BYTES: Final = 32 * 1024 * 1024
 # A request that brought or moved this much gives its memory back once it is over.
 GIVE_BACK_AFTER_BYTES: Final = 4 * 1024 * 1024
 # gRPC frees a refused call's own buffers only once the refusal is sent: trim again then.
 _CALL_TEARDOWN_S: Final = 0.5
+_GROWTH_WATCH_S: Final = 2.0
+_RAISE_BY_BYTES: Final = 1024 * 1024
+_PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 
 _libc = ctypes.CDLL(None)
 _libc.malloc.argtypes = [ctypes.c_size_t]
@@ -63,7 +65,8 @@ log = logging.getLogger(__name__)
 
 
 def restart_with_malloc_tunables() -> None:
-    """Exec this process again with the tunables set; returns only when they are set already."""
+    """Exec this process again with the tunables set; returns only when they are set already,
+    or when the kernel has THP off (nothing to set)."""
     current = os.environ.get("GLIBC_TUNABLES", "")
     names = {entry.partition("=")[0] for entry in current.split(":")}
     wanted = [t for t in tunables() if t.partition("=")[0] not in names]
@@ -78,12 +81,7 @@ def restart_with_malloc_tunables() -> None:
 
 def tunables() -> tuple[str, ...]:
     """The tunables this host gets: huge pages only where the kernel gives them."""
-    huge = (HUGE_PAGES,) if thp_available() else ()
-    return (
-        *huge,
-        f"glibc.malloc.trim_threshold={TRIM_THRESHOLD_BYTES}",
-        f"glibc.malloc.mmap_threshold={MMAP_THRESHOLD_BYTES}",
-    )
+    return (HUGE_PAGES,) if thp_available() else ()
 
 
 def thp_available() -> bool:
@@ -105,8 +103,11 @@ def settle() -> None:
     """
     gc.collect()
     gc.freeze()
+    # Freeing a mapped buffer raises glibc's mmap threshold to its size and the heap's trim
+    # threshold to twice that; the reserve, just under it, then comes from the heap and stays.
+    _libc.free(_libc.malloc(RESERVE_BYTES + _RAISE_BY_BYTES))
     block = _libc.malloc(RESERVE_BYTES)
-    if block:  # below the mmap threshold: from the heap, and back to it on free
+    if block:
         ctypes.memset(block, 0, RESERVE_BYTES)
         _libc.free(block)
 
@@ -134,3 +135,21 @@ async def _trim_twice(free_first: Callable[[], None] | None) -> None:
     await asyncio.to_thread(_libc.malloc_trim, RESERVE_BYTES)
     await asyncio.sleep(_CALL_TEARDOWN_S)
     await asyncio.to_thread(_libc.malloc_trim, RESERVE_BYTES)
+
+
+async def give_back_after_growth() -> None:
+    """Forever: give memory back whenever RSS has grown by GIVE_BACK_AFTER_BYTES since the last
+    look (a burst of 60 MB messages that gRPC refused kept +100 MB in its threads' arenas)."""
+    settled = _rss_bytes()
+    while True:
+        await asyncio.sleep(_GROWTH_WATCH_S)
+        rss = _rss_bytes()
+        if rss - settled >= GIVE_BACK_AFTER_BYTES:
+            await _trim_twice(None)
+            rss = _rss_bytes()
+        settled = rss
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm", "rb") as statm:
+        return int(statm.read().split()[1]) * _PAGE_BYTES
