@@ -20,7 +20,7 @@ Beyond that, memory goes back to the system through `give_back()` (malloc_trim, 
 keeping the reserve): after an execution that moved megabytes, a refused large message or a
 refused large upload, and, for what the daemon never sees (gRPC reads a message over its own
 limit into its threads' arenas and refuses it), whenever the daemon's RSS has grown by
-GIVE_BACK_AFTER_BYTES since it last looked (`give_back_after_growth`).
+GIVE_BACK_AFTER_BYTES over its lowest since the last trim (`give_back_after_growth`).
 
 glibc reads its tunables when a process starts, so the daemon's commands start themselves again
 with the tunable set (exec: the same pid). The jails are not affected: the fork server and the
@@ -138,16 +138,18 @@ async def _trim_twice(free_first: Callable[[], None] | None) -> None:
 
 
 async def give_back_after_growth() -> None:
-    """Forever: give memory back whenever RSS has grown by GIVE_BACK_AFTER_BYTES since the last
-    look (a burst of 60 MB messages that gRPC refused kept +100 MB in its threads' arenas)."""
-    settled = _rss_bytes()
+    """Forever: give memory back whenever RSS has grown by GIVE_BACK_AFTER_BYTES over its lowest
+    since the last trim (a burst of 60 MB messages that gRPC refused kept +100 MB in its threads'
+    arenas). Memory in use stays in use: after a trim that freed little, the bar is higher."""
+    settled = _rss_bytes()  # the lowest since the last trim
     while True:
         await asyncio.sleep(_GROWTH_WATCH_S)
         rss = _rss_bytes()
         if rss - settled >= GIVE_BACK_AFTER_BYTES:
             await _trim_twice(None)
-            rss = _rss_bytes()
-        settled = rss
+            settled = _rss_bytes()
+        else:
+            settled = min(settled, rss)
 
 
 def _rss_bytes() -> int:

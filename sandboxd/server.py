@@ -13,6 +13,7 @@ import grpc
 import psutil
 from google.protobuf.message import Message
 
+from sandbox_client import UPLOAD_ACCEPTED
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandbox_client.v1 import sandbox_pb2_grpc as pb_grpc
 from sandboxd import __version__, memory
@@ -258,9 +259,10 @@ async def _uploaded_request(
 ) -> tuple[pb.ExecuteRequest, bytes]:
     """The request of an ExecuteChunked call and its input, put back together.
 
-    The daemon sends its initial metadata once the first chunk's declared length is accepted:
-    a client waits for it before streaming the rest, so a refused upload ends before megabytes
-    are in flight (gRPC reports a call the server ended during a client's write as INTERNAL).
+    The daemon sends its initial metadata, with UPLOAD_ACCEPTED, once the first chunk's declared
+    length is accepted: a client waits for it before streaming the rest, so a refused upload
+    ends before megabytes are in flight (gRPC reports a call the server ended during a client's
+    write as INTERNAL).
     """
     first = await anext(parts, None)
     if first is None or not first.HasField("request"):
@@ -269,7 +271,10 @@ async def _uploaded_request(
     if request.input:
         raise InvalidRequest("with ExecuteChunked the input travels in input chunks", "input")
     raw_input = await _chunked_input(
-        parts, max_input_bytes, "input_chunk", accepted=lambda: context.send_initial_metadata(())
+        parts,
+        max_input_bytes,
+        "input_chunk",
+        accepted=lambda: context.send_initial_metadata((UPLOAD_ACCEPTED,)),
     )
     # Nothing may follow the last chunk: the caller half-closes (an extra chunk is refused).
     try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
+from sandbox_client._chunks import UPLOAD_ACCEPTED
 from sandbox_client._client import SandboxClient
 from sandbox_client._errors import ErrorKind, SandboxError
 from sandbox_client._events import decode_result, result_of
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
     from sandbox_client._queue import ExecutionInfo, QueueClient
 
 __all__ = [
+    "UPLOAD_ACCEPTED",
     "Destination",
     "ErrorKind",
     "ExecutionInfo",

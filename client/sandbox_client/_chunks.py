@@ -13,6 +13,10 @@ from collections.abc import Iterator
 from sandbox_client.v1 import sandbox_pb2
 
 CHUNK_BYTES = 1024 * 1024
+# The daemon's initial metadata once it has accepted an upload's declared length: a refusal ends
+# the call with initial metadata too (without this entry), and a client that took that for a go
+# wrote on into a closed call, which gRPC reports as INTERNAL instead of the refusal.
+UPLOAD_ACCEPTED = ("sandboxd-upload", "accepted")
 
 
 def pieces(data: bytes) -> Iterator[sandbox_pb2.InputChunk]:

@@ -19,7 +19,7 @@ from typing import Any, ParamSpec
 
 import grpc
 
-from sandbox_client._chunks import CHUNK_BYTES, Reassembler, upload
+from sandbox_client._chunks import CHUNK_BYTES, UPLOAD_ACCEPTED, Reassembler, upload
 from sandbox_client._closing import AsyncClosing
 from sandbox_client._errors import error_from_rpc
 from sandbox_client._events import result_of
@@ -242,8 +242,7 @@ async def _upload(call: Any, request: sandbox_pb2.ExecuteRequest) -> None:
     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
         for message in itertools.islice(messages, 2):
             await call.write(message)
-        await call.initial_metadata()
-        if call.done():
+        if UPLOAD_ACCEPTED not in tuple(await call.initial_metadata() or ()):
             return
         for message in messages:
             await call.write(message)

@@ -24,7 +24,7 @@ import pytest
 import trustme
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
+from sandbox_client import UPLOAD_ACCEPTED, ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandbox_client._errors import error_from_rpc
 from sandbox_client.v1 import sandbox_pb2 as pb
 from sandboxd import memory
@@ -300,8 +300,7 @@ async def upload_as_clients_do(call: Any, messages: list[pb.ExecuteChunkedReques
     with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
         for message in messages[:2]:
             await call.write(message)
-        await call.initial_metadata()
-        if call.done():
+        if UPLOAD_ACCEPTED not in tuple(await call.initial_metadata() or ()):
             return
         for message in messages[2:]:
             await call.write(message)

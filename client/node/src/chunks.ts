@@ -20,6 +20,8 @@ import {
 } from "./gen/sandboxd/v1/sandbox_pb.js";
 
 export const CHUNK_BYTES = 1024 * 1024;
+/** The daemon's response header once it has accepted an upload's declared length. */
+export const UPLOAD_ACCEPTED = ["sandboxd-upload", "accepted"] as const;
 
 /**
  * `data` as chunks with their offsets, the first declaring the total length and the SHA-256 of

@@ -4,7 +4,7 @@ import { type CallOptions, type Client, createClient, type Transport } from "@co
 import { createWritableIterable } from "@connectrpc/connect/protocol";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
-import { CHUNK_BYTES, Reassembler, upload } from "./chunks.js";
+import { CHUNK_BYTES, Reassembler, UPLOAD_ACCEPTED, upload } from "./chunks.js";
 import { errorFromRpc } from "./errors.js";
 import {
   CancelRequestSchema,
@@ -145,7 +145,7 @@ export class SandboxClient {
 
   /**
    * An ExecuteChunked call: the request and the first chunk, then, once the daemon has accepted
-   * the declared length (it sends its response headers), the rest. A daemon that refuses the
+   * the declared length (its response headers carry `sandboxd-upload: accepted`), the rest. A daemon that refuses the
    * upload ends the call before the megabytes are sent, and its status reaches the reader.
    */
   private async *executeChunked(message: ExecuteRequest, options: RpcOptions) {
@@ -159,7 +159,12 @@ export class SandboxClient {
       await accepted;
       if (!ended) yield* messages;
     }
-    const call: CallOptions = { ...options, onHeader: () => accept() };
+    // A refusal ends the call with headers too, without this entry: only the entry means go.
+    const onHeader = (headers: Headers): void => {
+      if (headers.get(UPLOAD_ACCEPTED[0]) !== UPLOAD_ACCEPTED[1]) ended = true;
+      accept();
+    };
+    const call: CallOptions = { ...options, onHeader };
     try {
       yield* this.rpc.executeChunked(parts(), call);
     } finally {

@@ -74,7 +74,9 @@ class SandboxServiceServicer(object):
         raise NotImplementedError('Method not implemented!')
 
     def ExecuteChunked(self, request_iterator, context):
-        """Execute for inputs above ~1 MiB: the request, then its input as chunks with offsets.
+        """Execute for inputs above ~1 MiB: the request, then its input as chunks with offsets. Once
+        the first chunk's declared length is accepted, the daemon sends its response headers with
+        `sandboxd-upload: accepted`; a client sends the other chunks only after that entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1750,7 +1750,9 @@ export const SandboxService: GenService<{
     output: typeof ExecuteResponseSchema;
   },
   /**
-   * Execute for inputs above ~1 MiB: the request, then its input as chunks with offsets.
+   * Execute for inputs above ~1 MiB: the request, then its input as chunks with offsets. Once
+   * the first chunk's declared length is accepted, the daemon sends its response headers with
+   * `sandboxd-upload: accepted`; a client sends the other chunks only after that entry.
    *
    * @generated from rpc sandboxd.v1.SandboxService.ExecuteChunked
    */
