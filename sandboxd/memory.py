@@ -1,5 +1,5 @@
-"""The daemon's memory: glibc's malloc tuned so that the event loop neither faults nor unmaps
-large buffers, and memory given back to the system after large requests, off the loop.
+"""The daemon's memory: malloc in huge pages so that the event loop faults and unmaps large
+buffers 2 MiB at a time, and memory given back to the system after large requests, off the loop.
 
 A large request is copied a few times on the event loop (gRPC's receive buffer, the protobuf
 message, the joined input), and freed there. With `glibc.malloc.hugetlb=1` (glibc 2.35 and
@@ -8,19 +8,11 @@ and Amazon Linux's default) or `always`: in 4 KiB pages every copy into fresh me
 fault per page and every free unmapped them one by one, 10-12 ms of a single loop turn for a
 64 MiB input; huge pages take 512 times fewer.
 
-Freed memory is kept, within bounds, for the next request. glibc maps a buffer of 128 KiB or
-more afresh until the first such buffer is freed, and shrinks the heap whenever a few MiB lie
-free at its top: each megabyte chunk of an upload then grew it again into fresh pages that the
-loop zeroed (1.4 ms per MiB on a nested VM: up to 6 ms of page clearing in one turn, `perf`).
-`settle()` raises glibc's own thresholds once at start (a freed mapping of RESERVE_BYTES: the
-heap then shrinks on free() only past twice that) and faults in RESERVE_BYTES at the top of the
-heap, so the loop's buffers land in memory that is already there.
-
-Beyond that, memory goes back to the system through `give_back()` (malloc_trim, in a thread,
-keeping the reserve): after an execution that moved megabytes, a refused large message or a
-refused large upload, and, for what the daemon never sees (gRPC reads a message over its own
-limit into its threads' arenas and refuses it), whenever the daemon's RSS has grown by
-GIVE_BACK_AFTER_BYTES over its lowest since the last trim (`give_back_after_growth`).
+Memory goes back to the system through `give_back()` (malloc_trim, in a thread): after an
+execution that moved megabytes, a refused large message or a refused large upload, and, for
+what the daemon never sees (gRPC reads a message over its own limit into its threads' arenas
+and refuses it), whenever the daemon's RSS has grown by GIVE_BACK_AFTER_BYTES over its lowest
+since the last trim (`give_back_after_growth`).
 
 glibc reads its tunables when a process starts, so the daemon's commands start themselves again
 with the tunable set (exec: the same pid). The jails are not affected: the fork server and the
@@ -41,23 +33,14 @@ from typing import Final
 
 THP_MODE = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 HUGE_PAGES = "glibc.malloc.hugetlb=1"
-# Faulted in at the top of the main heap at start, and kept there by give_back(): room for the
-# loop's buffers of a few large requests at once (gRPC's copy of a message,
-# protobuf's, upload chunks). Without it the first message of the largest request (1 MB of
-# code) cost 6 ms of page clearing on the loop.
-RESERVE_BYTES: Final = 16 * 1024 * 1024
 # A request that brought or moved this much gives its memory back once it is over.
 GIVE_BACK_AFTER_BYTES: Final = 4 * 1024 * 1024
 # gRPC frees a refused call's own buffers only once the refusal is sent: trim again then.
 _CALL_TEARDOWN_S: Final = 0.5
 _GROWTH_WATCH_S: Final = 2.0
-_RAISE_BY_BYTES: Final = 1024 * 1024
 _PAGE_BYTES: Final = os.sysconf("SC_PAGE_SIZE")
 
 _libc = ctypes.CDLL(None)
-_libc.malloc.argtypes = [ctypes.c_size_t]
-_libc.malloc.restype = ctypes.c_void_p
-_libc.free.argtypes = [ctypes.c_void_p]
 _libc.malloc_trim.argtypes = [ctypes.c_size_t]
 _trims: set[asyncio.Future[None]] = set()
 
@@ -93,8 +76,8 @@ def thp_available() -> bool:
 
 
 def settle() -> None:
-    """Once the daemon has started: collect once, exempt everything alive from the cyclic
-    collector for good, and fault in the reserve at the top of the heap.
+    """Once the daemon has started: collect once, then exempt everything alive from the cyclic
+    collector for good.
 
     What the start built (modules, the proto descriptors, gRPC, the pool) lives as long as the
     daemon; without the freeze every full collection walks all of it on the event loop, 25-80 ms
@@ -103,13 +86,6 @@ def settle() -> None:
     """
     gc.collect()
     gc.freeze()
-    # Freeing a mapped buffer raises glibc's mmap threshold to its size and the heap's trim
-    # threshold to twice that; the reserve, just under it, then comes from the heap and stays.
-    _libc.free(_libc.malloc(RESERVE_BYTES + _RAISE_BY_BYTES))
-    block = _libc.malloc(RESERVE_BYTES)
-    if block:
-        ctypes.memset(block, 0, RESERVE_BYTES)
-        _libc.free(block)
 
 
 def give_back(collect: bool = False, free_first: Callable[[], None] | None = None) -> None:
@@ -120,7 +96,7 @@ def give_back(collect: bool = False, free_first: Callable[[], None] | None = Non
     tracebacks) that only the cyclic collector frees; with a 16 MiB payload the daemon's memory
     climbed in a saw-tooth to twice its size before a collection came. The collection is short
     because the daemon's start froze its heap (`settle`). malloc_trim walks glibc's arenas
-    without the GIL, in a thread, so the loop goes on meanwhile; it keeps the reserve.
+    without the GIL, in a thread, so the loop goes on meanwhile.
     """
     if collect:
         gc.collect()
@@ -132,9 +108,9 @@ def give_back(collect: bool = False, free_first: Callable[[], None] | None = Non
 async def _trim_twice(free_first: Callable[[], None] | None) -> None:
     if free_first is not None:
         await asyncio.to_thread(free_first)
-    await asyncio.to_thread(_libc.malloc_trim, RESERVE_BYTES)
+    await asyncio.to_thread(_libc.malloc_trim, 0)
     await asyncio.sleep(_CALL_TEARDOWN_S)
-    await asyncio.to_thread(_libc.malloc_trim, RESERVE_BYTES)
+    await asyncio.to_thread(_libc.malloc_trim, 0)
 
 
 async def give_back_after_growth() -> None:
