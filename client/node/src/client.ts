@@ -145,8 +145,9 @@ export class SandboxClient {
 
   /**
    * An ExecuteChunked call: the request and the first chunk, then, once the daemon has accepted
-   * the declared length (its response headers carry `sandboxd-upload: accepted`), the rest. A daemon that refuses the
-   * upload ends the call before the megabytes are sent, and its status reaches the reader.
+   * the declared length (its response headers carry `sandboxd-upload: accepted`), the rest. A
+   * daemon that refuses the upload ends the call before the megabytes are sent, and its status
+   * reaches the reader.
    */
   private async *executeChunked(message: ExecuteRequest, options: RpcOptions) {
     let accept = (): void => undefined;
