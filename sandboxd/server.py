@@ -323,21 +323,7 @@ async def _chunked_input(
     `accepted` is awaited once the first chunk's declared length is within the limit."""
     upload = ChunkedInput(max_bytes, field)
     try:
-        async for part in parts:
-            if not part.HasField("input_chunk"):
-                raise InvalidRequest("the input ended without a chunk marked last", field)
-            chunk = part.input_chunk
-            # Hashing a megabyte piece takes ~2 ms; hashlib lets go of the GIL, so in a thread the
-            # event loop goes on meanwhile.
-            if len(chunk.data) >= _THREADED_CHUNK_BYTES:
-                complete = await asyncio.to_thread(upload.add, chunk)
-            else:
-                complete = upload.add(chunk)
-            if accepted is not None:
-                await accepted()
-                accepted = None
-            if complete:
-                break
+        await _take_chunks(upload, parts, field, accepted)
         # Joining megabytes releases the GIL: in a thread, the event loop goes on meanwhile.
         return await asyncio.to_thread(upload.value)
     except BaseException:
@@ -349,6 +335,30 @@ async def _chunked_input(
         else:
             upload.discard()
         raise
+
+
+async def _take_chunks(
+    upload: ChunkedInput,
+    parts: AsyncIterator[pb.ExecuteChunkedRequest] | AsyncIterator[pb.SessionRequest],
+    field: str,
+    accepted: Callable[[], Awaitable[None]] | None,
+) -> None:
+    """Feed `upload` the parts' chunks until it is complete."""
+    async for part in parts:
+        if not part.HasField("input_chunk"):
+            raise InvalidRequest("the input ended without a chunk marked last", field)
+        chunk = part.input_chunk
+        # Hashing a megabyte piece takes ~2 ms; hashlib lets go of the GIL, so in a thread the
+        # event loop goes on meanwhile.
+        if len(chunk.data) >= _THREADED_CHUNK_BYTES:
+            complete = await asyncio.to_thread(upload.add, chunk)
+        else:
+            complete = upload.add(chunk)
+        if accepted is not None:
+            await accepted()
+            accepted = None
+        if complete:
+            return
 
 
 def _failed_inside(event: pb.ExecutionEvent) -> bool:

@@ -278,16 +278,8 @@ def chunked_messages(data: bytes, mangle: str) -> list[pb.ExecuteChunkedRequest]
 async def test_chunked_uploads_with_broken_sequences_are_refused(
     daemon: DaemonProcess, channel: grpc.aio.Channel, mangle: str, text: str
 ) -> None:
-    call = channel.stream_stream(
-        SERVICE + "ExecuteChunked",
-        request_serializer=pb.ExecuteChunkedRequest.SerializeToString,
-        response_deserializer=pb.ExecuteChunkedResponse.FromString,
-    )
     messages = chunked_messages(b'{"n": "' + b"y" * 40 + b'"}', mangle)
-    stream = call(timeout=30)
-    writer = asyncio.create_task(upload_as_clients_do(stream, messages))
-    refused = await refusal_of(stream)
-    await writer
+    refused = await refusal_of_upload(channel, messages)
     expected = (grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_REQUEST, text, "input_chunk")
     assert refused == expected
     await serves_another_tenant(daemon.target)
@@ -305,6 +297,22 @@ async def upload_as_clients_do(call: Any, messages: list[pb.ExecuteChunkedReques
         for message in messages[2:]:
             await call.write(message)
         await call.done_writing()
+
+
+async def refusal_of_upload(
+    channel: grpc.aio.Channel, messages: list[pb.ExecuteChunkedRequest]
+) -> tuple[grpc.StatusCode, ErrorKind, str, str | None]:
+    """The refusal of an ExecuteChunked call that uploads `messages` as the clients do."""
+    call = channel.stream_stream(
+        SERVICE + "ExecuteChunked",
+        request_serializer=pb.ExecuteChunkedRequest.SerializeToString,
+        response_deserializer=pb.ExecuteChunkedResponse.FromString,
+    )
+    stream = call(timeout=30)
+    writer = asyncio.create_task(upload_as_clients_do(stream, messages))
+    refused = await refusal_of(stream)
+    await writer
+    return refused
 
 
 async def test_cancel_reaches_only_the_callers_own_tenant(daemon: DaemonProcess) -> None:
@@ -421,6 +429,15 @@ def daemon_rss(daemon: DaemonProcess) -> int:
     return int(psutil.Process(daemon.process.pid).memory_info().rss)
 
 
+async def rss_settled(daemon: DaemonProcess, bound: int) -> int:
+    """The daemon's RSS once it is within `bound`, or after 5 s: the daemon's watch on its own
+    RSS gives memory back every 2 s."""
+    deadline = time.monotonic() + 5.0
+    while (rss := daemon_rss(daemon)) > bound and time.monotonic() < deadline:
+        await asyncio.sleep(0.2)
+    return rss
+
+
 async def test_memory_comes_back_after_a_burst_of_refused_60_mb_requests(
     daemon: DaemonProcess, channel: grpc.aio.Channel
 ) -> None:
@@ -435,9 +452,7 @@ async def test_memory_comes_back_after_a_burst_of_refused_60_mb_requests(
         assert (code, kind) == (grpc.StatusCode.RESOURCE_EXHAUSTED, ErrorKind.INVALID_REQUEST)
     # gRPC refuses these before the daemon sees them; the daemon's watch on its own RSS gives
     # the memory back (every 2 s).
-    deadline = time.monotonic() + 5.0
-    while (after := daemon_rss(daemon)) > before * 1.2 and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+    after = await rss_settled(daemon, int(before * 1.2))
     assert after <= before * 1.2, f"RSS {before >> 20} MiB before, {after >> 20} MiB after"
     await serves_another_tenant(daemon.target)
 
@@ -447,11 +462,6 @@ async def test_memory_comes_back_after_refused_48_mib_uploads(
 ) -> None:
     """A refused upload's exception outlives the call (gRPC keeps the abort, which holds the
     upload's frame): its 48 one-MiB pieces must still be freed and go back to the system."""
-    call = channel.stream_stream(
-        SERVICE + "ExecuteChunked",
-        request_serializer=pb.ExecuteChunkedRequest.SerializeToString,
-        response_deserializer=pb.ExecuteChunkedResponse.FromString,
-    )
     piece = b"u" * (1 << 20)
     chunks = [pb.InputChunk(offset=0, data=piece, total_bytes=64 << 20)]
     chunks += [pb.InputChunk(offset=i << 20, data=piece) for i in range(1, 48)]
@@ -462,10 +472,7 @@ async def test_memory_comes_back_after_refused_48_mib_uploads(
     expected = (grpc.StatusCode.INVALID_ARGUMENT, ErrorKind.INVALID_REQUEST, text, "input_chunk")
 
     async def refused_upload() -> None:
-        stream = call(timeout=30)
-        writer = asyncio.create_task(upload_as_clients_do(stream, messages))
-        assert await refusal_of(stream) == expected
-        await writer
+        assert await refusal_of_upload(channel, messages) == expected
 
     # The first upload this large sizes gRPC's and glibc's arenas once; what must not happen
     # is 48 MiB more with every refused upload (+50 MiB each before the fix).
@@ -474,9 +481,7 @@ async def test_memory_comes_back_after_refused_48_mib_uploads(
     before = daemon_rss(daemon)
     for _ in range(3):
         await refused_upload()
-    deadline = time.monotonic() + 5.0  # the daemon's watch on its RSS looks every 2 s
-    while (after := daemon_rss(daemon)) > before + (24 << 20) and time.monotonic() < deadline:
-        await asyncio.sleep(0.2)
+    after = await rss_settled(daemon, before + (24 << 20))
     assert after <= before + (24 << 20), f"RSS {before >> 20} MiB before, {after >> 20} MiB after"
     await serves_another_tenant(daemon.target)
 
