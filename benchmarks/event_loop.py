@@ -12,11 +12,16 @@ nothing sent: what the machine's scheduling alone costs):
   max_request_bytes;
 - `over`: a request message just over max_request_bytes: read, refused unparsed (INVALID_ARGUMENT
   naming the limit);
-- `refused`: a 60 MB request message, refused by gRPC before it is read (RESOURCE_EXHAUSTED).
+- `refused`: a 60 MB request message, refused by gRPC before it is read (RESOURCE_EXHAUSTED);
+- `printed`: the most credentials allowed (64 of 1,000 characters, mostly punctuation: the most
+  distinct forms to find, 75 automata), and a step that prints a line of nearly 1 MiB (the
+  default log limit) with one of them in it: the line is scrubbed;
+- `secret`: one credential of 64 KiB, the most allowed, whose URL-encoded form is 192 KiB, and a
+  step that prints it URL-encoded in a line of nearly 1 MiB.
 
-As under `sandboxd serve`, malloc is tuned (huge pages, no trimming on free: `sandboxd.memory`;
-this benchmark starts itself again with the tunables) and the daemon's heap is settled after its
-start (`memory.settle`).
+As under `sandboxd serve`, malloc is tuned (huge pages: `sandboxd.memory`; this benchmark starts
+itself again with the tunables) and the daemon's heap is settled after its start
+(`memory.settle`).
 
 Each phase also runs a control: a process of its own that wakes every millisecond too. A stall
 the control saw at the same time is the machine's (on this Firecracker VM the host sometimes
@@ -69,6 +74,15 @@ async def main():
                                       input_json=largest_input(), credentials=credentials,
                                       config_vars=config_vars)
         assert result == 901, result
+    elif which in PRINTED:
+        credentials, shown = PRINTED[which]
+        code = ("module.exports = async (ctx) => { console.log('y'.repeat(%d) + %s); return 1 }"
+                % (800_000, shown))
+        async with SandboxClient(target) as client:
+            events = [event async for event in client.execute(
+                tenant_id="bench", steps=[Step("print", code)], credentials=credentials)]
+        logs = [event.log.text for event in events if event.HasField("log")]
+        assert [log[800_000:] for log in logs] == ["[REDACTED]"], [log[800_000:] for log in logs]
     else:
         size = SIZES[which]
         request = pb.ExecuteRequest(
@@ -89,6 +103,12 @@ async def main():
             assert json.loads(events[-2].step_finished.json) == size, events[-2]
 
 SIZES = {"unary": limit - 1024, "over": limit + (512 << 10), "refused": 60_000_000}
+PUNCTUATION = "!#$%&()*+,-./:;<=>?@[]^_{|}~" * 36
+PRINTED = {
+    "printed": ({f"k{i:02}": f"{i:02}" + PUNCTUATION[i : i + 998] for i in range(64)},
+                "ctx.credentials.k40"),
+    "secret": ({"k": "€/" * 13_107}, "encodeURIComponent(ctx.credentials.k)"),
+}
 EXPECTED = {"unary": "OK", "over": "INVALID_ARGUMENT", "refused": "RESOURCE_EXHAUSTED"}
 asyncio.run(main())
 """
@@ -177,7 +197,7 @@ async def _run(uid_base: int) -> dict[str, dict[str, float]]:
     memory.settle()
     try:
         target = f"127.0.0.1:{daemon.port}"
-        phases = ("idle", "largest", "unary", "over", "refused")
+        phases = ("idle", "largest", "unary", "over", "refused", "printed", "secret")
         limit = settings.max_request_bytes
         return {which: await _measure(target, which, limit) for which in phases}
     finally:

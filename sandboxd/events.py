@@ -54,7 +54,7 @@ class EventStamper:
     def step_started(self, step: StepPlan) -> pb.ExecutionEvent:
         return self.make(step_started=pb.StepStarted(step=step.name, index=step.index))
 
-    def log(
+    async def log(
         self, step: StepPlan, level: str, text: str, ms: int | None = None
     ) -> pb.ExecutionEvent:
         """A log line; `ms` is the runner's own timestamp when it sent one (frames.Log has
@@ -62,7 +62,7 @@ class EventStamper:
         log = pb.Log(
             step=step.name,
             level=_LEVELS.get(level, pb.LOG_LEVEL_INFO),
-            text=self._redact(text),
+            text=await self._redact.scrub(text),
         )
         if ms is None:
             _stamp(log.time)
@@ -70,8 +70,9 @@ class EventStamper:
             log.time.FromMilliseconds(ms)
         return self.make(log=log)
 
-    def truncation(self, step: StepPlan, what: str) -> pb.ExecutionEvent:
-        event = self.log(step, "warn", f"[log truncated: the step's limit of {what} was reached]")
+    async def truncation(self, step: StepPlan, what: str) -> pb.ExecutionEvent:
+        text = f"[log truncated: the step's limit of {what} was reached]"
+        event = await self.log(step, "warn", text)
         event.log.truncated = True
         return event
 
@@ -100,17 +101,17 @@ class EventStamper:
                 finished.json = body
         yield self.make(step_finished=finished)
 
-    def step_failed(self, step: StepPlan, failure: StepFailure) -> pb.ExecutionEvent:
+    async def step_failed(self, step: StepPlan, failure: StepFailure) -> pb.ExecutionEvent:
         failed = pb.StepFailed(
             step=step.name,
             index=step.index,
             kind=failure.kind,  # type: ignore[arg-type]
-            message=self._redact(failure.message),
-            stack=self._redact(failure.stack),
+            message=await self._redact.scrub(failure.message),
+            stack=await self._redact.scrub(failure.stack),
         )
         return self.make(step_failed=failed)
 
-    def finished(
+    async def finished(
         self,
         completed: int,
         failure: tuple[str, StepFailure] | None,
@@ -124,6 +125,6 @@ class EventStamper:
         if failure:
             step_name, error = failure
             finished.error_kind = error.kind  # type: ignore[assignment]
-            finished.error_message = self._redact(error.message)
+            finished.error_message = await self._redact.scrub(error.message)
             finished.failed_step = step_name
         return self.make(execution_finished=finished)

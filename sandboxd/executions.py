@@ -178,8 +178,7 @@ class Execution:
     async def internal_error(self) -> pb.ExecutionEvent:
         """The ExecutionFinished of an execution the daemon itself failed (its log says how)."""
         failure = StepFailure(pb.ERROR_KIND_INTERNAL, "the daemon failed while running it")
-        await self._redactor.ready()
-        return self._events.finished(0, ("", failure), pb.Usage())
+        return await self._events.finished(0, ("", failure), pb.Usage())
 
     async def _run_steps(
         self, jail: PooledJail, output: JailOutput, started: pb.ExecutionEvent
@@ -197,8 +196,7 @@ class Execution:
         except StepFailure as exc:
             usage = _usage(0, _read_usage(jail), cpu_mark, self._egress, egress_mark)
             yield started
-            await self._redactor.ready()
-            yield self._events.finished(0, ("", exc), usage)
+            yield await self._events.finished(0, ("", exc), usage)
             return
         yield started
         async for step in self._step_source():
@@ -217,15 +215,12 @@ class Execution:
                 failure = (step.name, exc)
                 if not announced:
                     yield self._events.step_started(step)
-                await self._redactor.ready()
-                yield self._events.step_failed(step, exc)
+                yield await self._events.step_failed(step, exc)
                 if not (self.plan.session and exc.recoverable):
                     break
         duration = time.monotonic() - began
         usage = _usage(duration, self._usage_now(jail), cpu_mark, self._egress, egress_mark)
-        if failure is not None:
-            await self._redactor.ready()
-        yield self._events.finished(completed, failure, usage)
+        yield await self._events.finished(completed, failure, usage)
 
     def _usage_now(self, jail: PooledJail) -> CgroupUsage | None:
         """The jail's usage now. A plan's steps follow one another without waiting for anyone,
@@ -322,11 +317,10 @@ class Execution:
                 return
             if isinstance(item, Frame) and isinstance(item.header, ErrorHeader):
                 raise runner_error(item.header, jail)
-            await self._redactor.ready()  # the first output of the execution waits for it
-            for event in self._logs(step, item, stream):
+            for event in await self._logs(step, item, stream):
                 yield event
 
-    def _logs(
+    async def _logs(
         self, step: StepPlan, item: Frame | bytes, stream: _LogStream
     ) -> list[pb.ExecutionEvent]:
         """The log events of one frame or raw output chunk, within what the step may stream."""
@@ -338,15 +332,15 @@ class Execution:
             # The runner's own marker: nothing more of the step is streamed, and one marker
             # reaches the caller however many the step forges.
             stream.truncated, already = True, stream.truncated
-            return [] if already else [self._events.truncation(step, stream.limit_reached())]
+            return [] if already else [await self._events.truncation(step, stream.limit_reached())]
         else:  # read_frame lets only a step's frames through; this is a daemon bug
             raise AssertionError(f"unexpected {item.type!r} frame")
         if stream.admit(len(text)):
-            return [self._events.log(step, level, text.decode(errors="replace"), ms)]
+            return [await self._events.log(step, level, text.decode(errors="replace"), ms)]
         if stream.truncated:
             return []
         stream.truncated = True
-        return [self._events.truncation(step, stream.limit_reached())]
+        return [await self._events.truncation(step, stream.limit_reached())]
 
     async def _next(
         self, output: JailOutput, jail: PooledJail, deadline: float, late: str
