@@ -594,11 +594,18 @@ def test_plaintext_off_loopback_needs_insecure() -> None:
 def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     ca = trustme.CA()
     directory = tmp_path_factory.mktemp("tls")
-    server = ca.issue_cert("127.0.0.1", "localhost")
-    server.private_key_pem.write_to_path(str(directory / "key.pem"))
-    server.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
-    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    write_server_files(ca, directory)
     return {"ca": ca, "dir": directory, "client": ca.issue_cert("orchestrator")}
+
+
+def mtls_env(directory: Path) -> dict[str, str]:
+    """A daemon's environment for mTLS with the files `write_server_files` wrote."""
+    return {
+        **ENV,
+        "SANDBOXD_TLS_CERT_FILE": str(directory / "cert.pem"),
+        "SANDBOXD_TLS_KEY_FILE": str(directory / "key.pem"),
+        "SANDBOXD_TLS_CLIENT_CA_FILE": str(directory / "ca.pem"),
+    }
 
 
 async def status_over(target: str, credentials: grpc.ChannelCredentials) -> pb.GetStatusResponse:
@@ -608,13 +615,7 @@ async def status_over(target: str, credentials: grpc.ChannelCredentials) -> pb.G
 
 async def test_mtls_lets_in_only_clients_with_a_certificate(certificates: dict[str, Any]) -> None:
     directory, ca, client = certificates["dir"], certificates["ca"], certificates["client"]
-    env = {
-        **ENV,
-        "SANDBOXD_TLS_CERT_FILE": str(directory / "cert.pem"),
-        "SANDBOXD_TLS_KEY_FILE": str(directory / "key.pem"),
-        "SANDBOXD_TLS_CLIENT_CA_FILE": str(directory / "ca.pem"),
-    }
-    running = start_daemon(pool_size=1, env=env)
+    running = start_daemon(pool_size=1, env=mtls_env(directory))
     try:
         trusted = grpc.ssl_channel_credentials(
             ca.cert_pem.bytes(),
@@ -634,6 +635,46 @@ async def test_mtls_lets_in_only_clients_with_a_certificate(certificates: dict[s
         cli_over_mtls(running.target, directory, client)
     finally:
         assert running.stop() == 0
+
+
+async def test_rotated_certificates_take_effect_without_a_restart(tmp_path: Path) -> None:
+    """New files renamed into place (key first) serve the next handshake: a caller of the new CA
+    gets in, one of the old CA no longer does (neither trusts the other's server certificate)."""
+    old_ca, new_ca = trustme.CA(), trustme.CA()
+    write_server_files(old_ca, tmp_path)
+    running = start_daemon(pool_size=1, env=mtls_env(tmp_path))
+    try:
+        old_caller, new_caller = caller_of(old_ca), caller_of(new_ca)
+        assert (await status_over(running.target, old_caller)).transport_security == "mtls"
+        write_server_files(new_ca, tmp_path)
+        assert (await status_over(running.target, new_caller)).transport_security == "mtls"
+        with pytest.raises(SandboxError) as refused:
+            await status_over(running.target, old_caller)
+        assert refused.value.kind is ErrorKind.UNAVAILABLE
+    finally:
+        assert running.stop() == 0
+
+
+def write_server_files(ca: trustme.CA, directory: Path) -> None:
+    """The daemon's key, certificate and client CA from `ca`, each renamed into place."""
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    for name, blob in (
+        ("key.pem", server.private_key_pem),
+        ("cert.pem", server.cert_chain_pems[0]),
+        ("ca.pem", ca.cert_pem),
+    ):
+        blob.write_to_path(str(directory / f"{name}.new"))
+        os.replace(directory / f"{name}.new", directory / name)
+
+
+def caller_of(ca: trustme.CA) -> grpc.ChannelCredentials:
+    """A caller that trusts `ca` and holds a client certificate `ca` issued."""
+    identity = ca.issue_cert("orchestrator")
+    return grpc.ssl_channel_credentials(
+        ca.cert_pem.bytes(),
+        identity.private_key_pem.bytes(),
+        identity.cert_chain_pems[0].bytes(),
+    )
 
 
 def cli_over_mtls(target: str, directory: Path, client: trustme.LeafCert) -> None:
