@@ -43,7 +43,7 @@ def workers(redis_url: str, count: int) -> Iterator[None]:
     processes = []
     try:
         for n in range(count):
-            process = start_worker_process(
+            process, _target = start_worker_process(
                 redis_url,
                 f"bench{n}",
                 pool_size=POOL_SIZE,

@@ -19,9 +19,10 @@ def start_worker_process(
     pool_max: int,
     uid_base: int,
     options: QueueOptions,
-) -> subprocess.Popen[str]:
-    """`sandboxd worker --redis URL`, configured through SANDBOXD_* variables; returns once it
-    takes work (it prints its serving line after its queue worker has started)."""
+) -> tuple[subprocess.Popen[str], str]:
+    """`sandboxd worker --redis URL`, configured through SANDBOXD_* variables, and the gRPC
+    target it serves on; returns once it takes work (it prints its serving line after its queue
+    worker has started)."""
     env = {
         **os.environ,
         "SANDBOXD_WORKER_ID": worker_id,
@@ -39,4 +40,4 @@ def start_worker_process(
     if not line.startswith(SERVING):
         process.kill()
         raise RuntimeError(f"worker {worker_id} did not start: {line!r} (exit {process.wait()})")
-    return process
+    return process, line.removeprefix(SERVING).strip()

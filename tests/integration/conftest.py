@@ -7,14 +7,18 @@ fleet runs them.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import signal
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from sandbox_client._queue import QueueClient
 from sandboxd import config
@@ -84,6 +88,7 @@ class WorkerProcess:
     """A worker in its own process (`sandboxd worker`); its jails run as uid_base + n."""
 
     process: subprocess.Popen[str]
+    target: str  # its gRPC port
     uid_base: int
     pool_max: int
 
@@ -102,7 +107,7 @@ def spawn_worker(redis_server: RedisServer) -> Iterator[SpawnWorker]:
 
     def spawn(worker_id: str, pool_max: int = POOL_MAX) -> WorkerProcess:
         uid_base = next(_uid_bases)
-        process = start_worker_process(
+        process, target = start_worker_process(
             redis_server.url,
             worker_id,
             pool_size=1,
@@ -110,7 +115,7 @@ def spawn_worker(redis_server: RedisServer) -> Iterator[SpawnWorker]:
             uid_base=uid_base,
             options=TEST_OPTIONS,
         )
-        worker = WorkerProcess(process, uid_base, pool_max)
+        worker = WorkerProcess(process, target, uid_base, pool_max)
         spawned.append(worker)
         return worker
 
@@ -118,3 +123,18 @@ def spawn_worker(redis_server: RedisServer) -> Iterator[SpawnWorker]:
     for worker in spawned:
         if worker.process.poll() is None:
             assert worker.stop() == 0
+
+
+def health_of(target: str) -> int:
+    with grpc.insecure_channel(target) as channel:
+        reply = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), timeout=5
+        )
+        return int(reply.status)
+
+
+async def wait_for_health(target: str, status: int) -> None:
+    deadline = time.monotonic() + 10
+    while health_of(target) != status:
+        assert time.monotonic() < deadline, f"health never became {status}"
+        await asyncio.sleep(0.05)

@@ -10,14 +10,14 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import psutil
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandbox_client.v1 import sandbox_pb2 as pb
 from tests.conftest import DaemonProcess, start_daemon
+from tests.integration.conftest import health_of, wait_for_health
 
 SLEEP = """
 module.exports = async (ctx) => {
@@ -214,21 +214,6 @@ async def test_deadline_bounds_the_execution(client: SandboxClient) -> None:
     assert await wait_until_gone(marker) == []
     status = await client.status()
     assert status.executions_by_outcome["DEADLINE_EXCEEDED"] >= 1
-
-
-def health_of(target: str) -> int:
-    with grpc.insecure_channel(target) as channel:
-        reply = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(), timeout=5
-        )
-        return int(reply.status)
-
-
-async def wait_for_health(target: str, status: int) -> None:
-    deadline = time.monotonic() + 10
-    while health_of(target) != status:
-        assert time.monotonic() < deadline, f"health never became {status}"
-        await asyncio.sleep(0.05)
 
 
 async def test_sigterm_drains_in_flight_work_then_exits_zero(config_file: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -12,12 +13,13 @@ from typing import cast
 import psutil
 import pytest
 import redis.asyncio as redis
+from grpc_health.v1 import health_pb2
 
-from sandbox_client import ErrorKind, Limits, SandboxError, Step
+from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from sandbox_client._queue import QueueClient
 from sandbox_client.redisqueue import keys
 from sandbox_client.v1 import sandbox_pb2 as pb
-from tests.integration.conftest import TEST_OPTIONS, SpawnWorker, StartWorker
+from tests.integration.conftest import TEST_OPTIONS, SpawnWorker, StartWorker, wait_for_health
 from tests.redis_server import RedisServer
 
 DOUBLE = Step(
@@ -312,3 +314,58 @@ async def test_an_unknown_execution_is_refused(queue: QueueClient) -> None:
     with pytest.raises(SandboxError) as unknown:
         await queue.wait("no-such-execution", timeout=10)
     assert unknown.value.kind is ErrorKind.INVALID_REQUEST
+
+
+SHUTDOWN_GRACE_S = 4.0
+SLEEPER = Step(
+    "sleep",
+    "module.exports = async (ctx) => {"
+    " await new Promise((r) => setTimeout(r, ctx.input.ms)); return ctx.input.ms; }",
+)
+
+
+async def test_sigterm_stops_grpc_and_the_queue_at_once_and_drains_both_in_one_grace(
+    queue: QueueClient, spawn_worker: SpawnWorker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker with a queue entry and a gRPC call running, both longer than the grace: on
+    SIGTERM it admits no gRPC call and takes no entry, and it is gone after one grace period (the
+    queue was drained first, gRPC still admitting work, and each could spend the whole grace)."""
+    monkeypatch.setenv("SANDBOXD_SHUTDOWN_GRACE_S", str(SHUTDOWN_GRACE_S))
+    worker = spawn_worker("w0")
+    long = {"steps": [SLEEPER], "input": {"ms": 120_000}}
+    await queue.enqueue(tenant_id="acme", execution_id="queued-long", **long)  # type: ignore[arg-type]
+    events: list[pb.ExecutionEvent] = []
+    async with SandboxClient(worker.target) as client:
+
+        async def call() -> None:
+            async for event in client.execute(tenant_id="acme", **long):  # type: ignore[arg-type]
+                events.append(event)
+
+        direct = asyncio.create_task(call())
+        while not (
+            any(event.HasField("step_started") for event in events)
+            and (info := await queue.info("queued-long")) is not None
+            and info.state == "running"
+        ):
+            await asyncio.sleep(0.05)
+        signalled = time.monotonic()
+        worker.process.send_signal(signal.SIGTERM)
+        await wait_for_health(worker.target, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await queue.enqueue(tenant_id="acme", steps=[SLEEPER], input={"ms": 1}, execution_id="late")
+        with pytest.raises(SandboxError) as refused:
+            await client.run(tenant_id="other", steps=[SLEEPER], input={"ms": 1})
+        assert refused.value.kind is ErrorKind.UNAVAILABLE
+        status = await asyncio.to_thread(worker.process.wait, 60)
+        gone_after = time.monotonic() - signalled
+        await direct
+    assert status == 0
+    assert SHUTDOWN_GRACE_S <= gone_after < SHUTDOWN_GRACE_S + 2.5  # one grace, not two
+    finished = events[-1].execution_finished
+    assert (finished.error_kind, finished.error_message) == (
+        pb.ERROR_KIND_CANCELLED,
+        "the execution was cancelled",
+    )
+    handed_back, late = await queue.info("queued-long"), await queue.info("late")
+    assert handed_back is not None and late is not None
+    assert (handed_back.state, handed_back.attempts) == ("queued", 1)
+    assert (late.state, late.attempts) == ("queued", 0)
