@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 
 from sandboxd.queue.worker import QueueOptions
 
@@ -19,6 +20,7 @@ def start_worker_process(
     pool_max: int,
     uid_base: int,
     options: QueueOptions,
+    extra_args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen[str], str]:
     """`sandboxd worker --redis URL`, configured through SANDBOXD_* variables, and the gRPC
     target it serves on; returns once it takes work (it prints its serving line after its queue
@@ -33,7 +35,7 @@ def start_worker_process(
         "SANDBOXD_QUEUE_RETRY_BACKOFF_S": str(options.retry_backoff_s),
     }
     argv = [sys.executable, "-m", "sandboxd.cli", "worker", "--redis", redis_url]
-    argv += ["--pool-size", str(pool_size)]
+    argv += ["--pool-size", str(pool_size), *extra_args]
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env)
     assert process.stdout is not None
     line = process.stdout.readline()

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +37,7 @@ from tests.egress.servers import (
     hold_server,
 )
 
+TENANT = "acme"  # the tenant the daemons of the package allow the POLICY below
 PARTNER = "203.0.113.10"  # partner.test: HTTPS on 443 and 8443, HTTP on 80
 PARTNER2 = "198.51.100.10"  # api.partner2.test: HTTPS on 8443
 PARTNER6 = "2001:db8:5::10"  # v6.partner.test: HTTPS on 443
@@ -195,6 +198,20 @@ def internet() -> Iterator[Internet]:
         ns.stop()
     finally:
         netns.remove()
+
+
+def egress_config(folder: Path, internet: Internet, extra: Sequence[str] = ()) -> Path:
+    """A daemon's config file for the namespace: its DNS server and public ranges, the partners'
+    CA, and TENANT allowed the package's POLICY and `extra`."""
+    config = folder / "sandboxd.toml"
+    allow = ", ".join(map(json.dumps, [*map(str, POLICY.destinations), *extra]))
+    config.write_text(
+        f"egress_nameservers = [{json.dumps(NAMESERVER)}]\n"
+        f"egress_public_cidrs = {json.dumps(list(PUBLIC_CIDRS))}\n"
+        f"egress_ca_file = {json.dumps(internet.ca_file)}\n"
+        f"[egress_allow]\n{TENANT} = [{allow}]\n"
+    )
+    return config
 
 
 @pytest.fixture(autouse=True)

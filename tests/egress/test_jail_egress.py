@@ -21,10 +21,9 @@ import pytest
 
 from sandbox_client import ErrorKind, Limits, SandboxClient, SandboxError, Step
 from tests.conftest import DaemonProcess, start_daemon
-from tests.egress.conftest import NAMESERVER, PARTNER, POLICY, PUBLIC_CIDRS, Internet
+from tests.egress.conftest import PARTNER, POLICY, TENANT, Internet, egress_config
 from tests.egress.servers import payload
 
-TENANT = "acme"
 REDIRECT_PORT = 8080  # on PARTNER: answers every request with a redirect to metadata
 REDIRECT_TARGET = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 
@@ -51,15 +50,7 @@ def egress_daemon(internet: Internet) -> Iterator[str]:
     """A daemon in the namespace, tenant acme allowed the package's POLICY; its unix target."""
     folder = Path(tempfile.mkdtemp(prefix="sandboxd-egress-"))
     socket_path = folder / "sandboxd.sock"
-    config = folder / "sandboxd.toml"
-    entries = [*map(str, POLICY.destinations), f"{PARTNER}:{REDIRECT_PORT}"]
-    allow = ", ".join(map(json.dumps, entries))
-    config.write_text(
-        f"egress_nameservers = [{json.dumps(NAMESERVER)}]\n"
-        f"egress_public_cidrs = {json.dumps(list(PUBLIC_CIDRS))}\n"
-        f"egress_ca_file = {json.dumps(internet.ca_file)}\n"
-        f"[egress_allow]\n{TENANT} = [{allow}]\n"
-    )
+    config = egress_config(folder, internet, [f"{PARTNER}:{REDIRECT_PORT}"])
     internet.ns.run(_serve_redirects())
 
     async def spawn() -> DaemonProcess:
