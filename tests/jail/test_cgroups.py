@@ -267,13 +267,15 @@ def test_all_jails_together_weigh_an_eighth_of_the_daemon(
         assert read(os.path.dirname(jail.dirs[0]), "cpu.weight") == "12"
 
 
-def test_under_contention_a_jail_gets_about_an_eighth_of_what_the_daemon_gets(
+def test_under_contention_the_jails_get_about_a_ninth_of_a_cpu(
     make_jail: Callable[..., JailCgroup],
 ) -> None:
-    """Two busy processes on one CPU, one on the daemon's side and one in a jail (its quota well
-    above a core, so only the weights decide): the jail gets about 1/9 of the CPU (shares 122
-    against 1024; weight 12 against 100). Asserted: under a third of the daemon's side, as the
-    host's other work on that CPU takes from both."""
+    """A busy process on the daemon's side and one in a jail (its quota well above a core, so
+    only the weights decide), both on one CPU: the jail gets about 1/9 of that CPU (shares 122
+    against 1024; weight 12 against 100), whatever else runs there. Asserted: under a third (with
+    the daemon's weight it took half). Measured as a share of the CPU, not against the daemon's
+    process: on v1 the daemon's side is its session's autogroup, which other busy processes of
+    the session share."""
     jail = make_jail(CgroupLimits(memory_bytes=64 * MiB, pids=16, cpu_quota=2.0))
     cpu = min(os.sched_getaffinity(0))
 
@@ -292,18 +294,21 @@ def test_under_contention_a_jail_gets_about_an_eighth_of_what_the_daemon_gets(
     try:
         assert inside.next_report() == "spinning"
         time.sleep(0.3)  # both on the CPU
-        jail_began, daemon_began = cpu_seconds(inside.pid), cpu_seconds(outside)
-        # Until the daemon's side has had 1.2 s of CPU: however busy the host, a sample of a
-        # size where one clock tick (10 ms) is under 1%.
-        assert wait_until(lambda: cpu_seconds(outside) - daemon_began >= 1.2, timeout_s=30)
-        jail_s = cpu_seconds(inside.pid) - jail_began
-        daemon_s = cpu_seconds(outside) - daemon_began
+        jail_began, daemon_began, began = (
+            cpu_seconds(inside.pid),
+            cpu_seconds(outside),
+            time.monotonic(),
+        )
+        time.sleep(2.0)
+        jail_s, daemon_s = cpu_seconds(inside.pid) - jail_began, cpu_seconds(outside) - daemon_began
+        elapsed = time.monotonic() - began
     finally:
         for pid in (inside.pid, outside):
             os.kill(pid, signal.SIGKILL)
         inside.wait()
         os.waitpid(outside, 0)
-    assert jail_s < daemon_s / 3, (jail_s, daemon_s)
+    assert daemon_s > 0
+    assert jail_s / elapsed < 1 / 3, (jail_s, daemon_s, elapsed)
 
 
 def cpu_seconds(pid: int) -> float:
