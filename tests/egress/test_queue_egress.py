@@ -7,10 +7,8 @@ the queue client, which runs on the namespace's loop (Redis listens on the names
 
 from __future__ import annotations
 
-import tempfile
+import subprocess
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -36,15 +34,16 @@ METADATA = Step(
 
 
 @pytest.fixture(scope="module")
-def redis_url(internet: Internet) -> Iterator[str]:
+def redis_url(internet: Internet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A worker and its redis-server in the namespace; the URL of the queue, there."""
-    folder = Path(tempfile.mkdtemp(prefix="sandboxd-queue-egress-"))
+    folder = tmp_path_factory.mktemp("queue-egress")
     server = RedisServer(folder)
 
-    async def start() -> Any:
-        # From the namespace's thread: both processes live in it.
-        server.start()
-        return start_worker_process(
+    async def start_server() -> None:
+        server.start()  # from the namespace's thread: the server lives in it
+
+    async def start_worker() -> subprocess.Popen[str]:
+        worker, _target = start_worker_process(
             server.url,
             "egress-worker",
             pool_size=1,
@@ -53,17 +52,21 @@ def redis_url(internet: Internet) -> Iterator[str]:
             options=QueueOptions(),
             extra_args=("--config", str(egress_config(folder, internet))),
         )
+        return worker
 
-    worker, _target = internet.ns.run(start(), timeout=120)
+    internet.ns.run(start_server(), timeout=60)
     try:
+        worker = internet.ns.run(start_worker(), timeout=120)
         yield server.url
-    finally:
         worker.terminate()
         assert worker.wait(timeout=60) == 0
+    finally:
         server.stop()
 
 
-def run_queued(internet: Internet, redis_url: str, step: Step, egress: list[str]) -> Any:
+def run_queued(
+    internet: Internet, redis_url: str, step: Step, egress: list[str]
+) -> list[pb.ExecutionEvent]:
     """Enqueue `step` for TENANT with `egress`, from inside the namespace; its events."""
 
     async def enqueue_and_collect() -> list[pb.ExecutionEvent]:
