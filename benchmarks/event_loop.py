@@ -14,7 +14,7 @@ nothing sent: what the machine's scheduling alone costs):
   naming the limit);
 - `refused`: a 60 MB request message, refused by gRPC before it is read (RESOURCE_EXHAUSTED);
 - `printed`: the most credentials allowed (64 of 1,000 characters, mostly punctuation: the most
-  distinct forms to find, 75 automata), and a step that prints a line of nearly 1 MiB (the
+  distinct forms to find, 66 automata), and a step that prints a line of nearly 1 MiB (the
   default log limit) with one of them in it: the line is scrubbed;
 - `secret`: one credential of 64 KiB, the most allowed, whose URL-encoded form is 192 KiB, and a
   step that prints it URL-encoded in a line of nearly 1 MiB.

@@ -18,7 +18,7 @@ is found by `bytes.find`, which needs no build and is linear too (two-way), a wi
 at a time so that each call holds the GIL briefly. The text then takes one pass per long form
 and per group, the longest forms first, so that a form is replaced before any shorter form it
 contains. The request limits on credentials (sandboxd/config.py) bound the passes: 64
-credentials of 1,000 characters that need escaping make 75 groups. The passes release the GIL
+random credentials of 1,000 letters and punctuation made 75 groups. The passes release the GIL
 but not the thread that makes them, so a long text is scrubbed on a worker thread
 (`Redactor.scrub`): a 1 MiB log line under that set takes some 18 ms, and a line at the 16 MiB
 ceiling of the log limit a quarter of a second.
