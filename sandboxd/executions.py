@@ -101,8 +101,7 @@ class Execution:
         self._steps = steps
         self._gateway = egress
         self._egress: EgressSession | None = None
-        self._redactor = Redactor(plan.credentials.values())
-        self._events = EventStamper(plan.execution_id, self._redactor)
+        self._events = EventStamper(plan.execution_id, Redactor(plan.credentials.values()))
         self._jail: PooledJail | None = None
         self._cancelled = False
         # The jail's usage read when the last step ended; see _usage_now.

@@ -617,12 +617,7 @@ async def test_mtls_lets_in_only_clients_with_a_certificate(certificates: dict[s
     directory, ca, client = certificates["dir"], certificates["ca"], certificates["client"]
     running = start_daemon(pool_size=1, env=mtls_env(directory))
     try:
-        trusted = grpc.ssl_channel_credentials(
-            ca.cert_pem.bytes(),
-            client.private_key_pem.bytes(),
-            client.cert_chain_pems[0].bytes(),
-        )
-        status = await status_over(running.target, trusted)
+        status = await status_over(running.target, caller_of(ca, client))
         assert (status.transport_security, status.serving) == ("mtls", True)
         for stranger in (grpc.ssl_channel_credentials(ca.cert_pem.bytes()), None):
             with pytest.raises(SandboxError) as refused:
@@ -667,9 +662,10 @@ def write_server_files(ca: trustme.CA, directory: Path) -> None:
         os.replace(directory / f"{name}.new", directory / name)
 
 
-def caller_of(ca: trustme.CA) -> grpc.ChannelCredentials:
-    """A caller that trusts `ca` and holds a client certificate `ca` issued."""
-    identity = ca.issue_cert("orchestrator")
+def caller_of(ca: trustme.CA, identity: trustme.LeafCert | None = None) -> grpc.ChannelCredentials:
+    """A caller that trusts `ca` and holds `identity`, a client certificate `ca` issued (a new
+    one by default)."""
+    identity = identity or ca.issue_cert("orchestrator")
     return grpc.ssl_channel_credentials(
         ca.cert_pem.bytes(),
         identity.private_key_pem.bytes(),

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
+import psutil
 import pytest
 
 from sandboxd.jail.cgroups import (
@@ -312,10 +313,9 @@ def test_under_contention_the_jails_get_about_a_ninth_of_a_cpu(
 
 
 def cpu_seconds(pid: int) -> float:
-    """User and system time of `pid` so far (/proc/PID/stat, in clock ticks)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User and system time of `pid` so far."""
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
 
 
 def test_a_removed_cgroups_usage_names_the_file_and_errno(
