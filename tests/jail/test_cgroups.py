@@ -95,10 +95,11 @@ def procs(jail: JailCgroup) -> set[int]:
 
 def is_dead(pid: int) -> bool:
     """Gone, or a zombie waiting for its parent (an orphan's parent is init)."""
+    # psutil, not /proc/PID/stat by hand: a process reaped between open() and
+    # read() makes the read fail with ESRCH, which psutil reports as gone.
     try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return True
 
 

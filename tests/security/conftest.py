@@ -449,7 +449,7 @@ def daemon_cgroup_parents(pid: int) -> list[str]:
     try:
         with open(f"/proc/{pid}/cgroup") as handle:
             own = [line.rstrip("\n").split(":", 2) for line in handle]
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before open, or before read
         return []
     parents = set()
     for point, fstype, options in _cgroup_mounts():
@@ -501,7 +501,7 @@ def jail_cgroup_of(pid: int) -> str | None:
                 _, controllers, path = line.rstrip("\n").split(":", 2)
                 if controllers in ("", "pids", "memory") and path not in ("", "/"):
                     return os.path.basename(path)
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone before open, or before read
         return None
     return None
 
