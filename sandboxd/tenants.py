@@ -18,11 +18,12 @@ this way; a freed slot goes to a waiter only while fewer than `capacity` run, so
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+
+from sandboxd.turns import TenantTurns
 
 RETRY_AFTER_MIN_S = 0.1
 RETRY_AFTER_MAX_S = 60.0
@@ -89,7 +90,6 @@ class Slot:
 class _Tenant:
     limits: TenantLimits
     running: int = 0
-    waiters: collections.deque[asyncio.Future[None]] = field(default_factory=collections.deque)
 
     @property
     def can_run(self) -> bool:
@@ -117,8 +117,7 @@ class Admission:
         self.spare = spare
         self._clock = clock
         self._tenants: dict[str, _Tenant] = {}
-        # Tenants with waiters, in the order of their next turn.
-        self._turns: collections.deque[str] = collections.deque()
+        self._waiters: TenantTurns[None] = TenantTurns()
         self._running = 0
         self._hold_s = INITIAL_HOLD_S
         self._closed = False
@@ -129,24 +128,21 @@ class Admission:
 
     @property
     def queued(self) -> int:
-        return sum(len(state.waiters) for state in self._tenants.values())
+        return len(self._waiters)
 
     def snapshot(self) -> dict[str, TenantLoad]:
         """Running and queued executions of every tenant that has any."""
         return {
-            tenant: TenantLoad(state.running, len(state.waiters))
+            tenant: TenantLoad(state.running, self._waiters.queued(tenant))
             for tenant, state in self._tenants.items()
         }
 
     def close(self) -> None:
         """Admit nothing more; every queued request raises AdmissionClosed. Slots held stay."""
         self._closed = True
-        for state in self._tenants.values():
-            for waiter in state.waiters:
-                if not waiter.done():
-                    waiter.set_exception(AdmissionClosed("the daemon is draining"))
-            state.waiters.clear()
-        self._turns.clear()
+        for waiter in self._waiters.clear():
+            if not waiter.done():
+                waiter.set_exception(AdmissionClosed("the daemon is draining"))
         for tenant in list(self._tenants):
             self._forget_if_idle(tenant)
 
@@ -171,33 +167,29 @@ class Admission:
         # Waiters of this tenant come first (FIFO); waiters of others are only ever left waiting
         # while capacity is free if their own tenant is at its limit, so this does not jump them.
         # A spare slot does jump them: it is what spare slots are for, and no waiter takes one.
-        if not state.waiters and state.can_run and self._running < self._room_for(state):
+        queued = self._waiters.queued(tenant)
+        if not queued and state.can_run and self._running < self._room_for(state):
             self._grant(state)
             return
-        if len(state.waiters) >= state.limits.max_queued:
+        if queued >= state.limits.max_queued:
             error = self._quota_exceeded(tenant, state)
             self._forget_if_idle(tenant)
             raise error
         waiter = asyncio.get_running_loop().create_future()
-        state.waiters.append(waiter)
-        if tenant not in self._turns:
-            self._turns.append(tenant)
+        self._waiters.add(tenant, waiter)
         try:
             await waiter
         except BaseException:
-            self._abandon(tenant, state, waiter)
+            self._abandon(tenant, waiter)
             raise
 
-    def _abandon(self, tenant: str, state: _Tenant, waiter: asyncio.Future[None]) -> None:
+    def _abandon(self, tenant: str, waiter: asyncio.Future[None]) -> None:
         """Undo a wait that ended without the caller taking its slot (cancelled or closed)."""
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             # Granted, but cancelled before it woke up: pass the slot on.
             self._release(tenant)
             return
-        with contextlib.suppress(ValueError):
-            state.waiters.remove(waiter)
-        if not state.waiters and tenant in self._turns:
-            self._turns.remove(tenant)
+        self._waiters.remove(tenant, waiter)
         self._forget_if_idle(tenant)
 
     def _room_for(self, state: _Tenant) -> int:
@@ -217,37 +209,22 @@ class Admission:
         self._forget_if_idle(tenant)
 
     def _dispatch(self) -> None:
-        """Hand free capacity to waiters, one grant per turn, over the tenants in turn order."""
-        while self._running < self.capacity and (tenant := self._next_turn()) is not None:
-            state = self._tenants[tenant]
-            waiter = state.waiters.popleft()
-            if state.waiters:
-                self._turns.append(tenant)
-            self._grant(state)
+        """Hand free capacity to waiters, one grant per turn, skipping tenants at their limit."""
+        while self._running < self.capacity:
+            turn = self._waiters.serve(self._can_run)
+            if turn is None:
+                return
+            tenant, waiter = turn
+            self._grant(self._tenants[tenant])
             waiter.set_result(None)
 
-    def _next_turn(self) -> str | None:
-        """The first tenant in turn order that may run one more; it leaves the turn order."""
-        position = 0
-        while position < len(self._turns):
-            tenant = self._turns[position]
-            state = self._tenants[tenant]
-            # A cancelled waiter stays queued until its task wakes up; it must not use a turn.
-            while state.waiters and state.waiters[0].done():
-                state.waiters.popleft()
-            if not state.waiters:
-                del self._turns[position]
-            elif state.can_run:
-                del self._turns[position]
-                return tenant
-            else:
-                position += 1
-        return None
+    def _can_run(self, tenant: str) -> bool:
+        return self._tenants[tenant].can_run
 
     def _forget_if_idle(self, tenant: str) -> None:
         """Drop a tenant with nothing running or queued, so state stays bounded by activity."""
         state = self._tenants.get(tenant)
-        if state is not None and not state.running and not state.waiters:
+        if state is not None and not state.running and not self._waiters.queued(tenant):
             del self._tenants[tenant]
 
     def _observe_hold(self, seconds: float) -> None:
@@ -255,16 +232,17 @@ class Admission:
 
     def _quota_exceeded(self, tenant: str, state: _Tenant) -> QuotaExceeded:
         limits = state.limits
+        queued = self._waiters.queued(tenant)
         reason = (
             f"tenant {tenant!r} has {state.running} executions running "
-            f"(limit {limits.max_concurrent}) and {len(state.waiters)} queued "
+            f"(limit {limits.max_concurrent}) and {queued} queued "
             f"(limit {limits.max_queued})"
         )
-        return QuotaExceeded(tenant, reason, self._retry_after_s(state))
+        return QuotaExceeded(tenant, reason, self._retry_after_s(state, queued))
 
-    def _retry_after_s(self, state: _Tenant) -> float:
+    def _retry_after_s(self, state: _Tenant, queued: int) -> float:
         """When the tenant's next request would likely get a slot: its queue, drained at the
         rate its slots free up (bounded by its own limit or the daemon's capacity, the lower)."""
         rate = min(state.limits.max_concurrent, self.capacity)
-        estimate = self._hold_s * (len(state.waiters) + 1) / rate
+        estimate = self._hold_s * (queued + 1) / rate
         return min(RETRY_AFTER_MAX_S, max(RETRY_AFTER_MIN_S, estimate))

@@ -26,12 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Generic, TypeVar
+
+from sandboxd.turns import TenantTurns
 
 J = TypeVar("J")
 
@@ -48,47 +48,35 @@ class PoolClosed(Exception):
     """The pool is shutting down and hands out no more jails."""
 
 
-@dataclass(eq=False)
-class _Tenant(Generic[J]):
-    waiters: collections.deque[asyncio.Future[J]] = field(default_factory=collections.deque)
-    holding: int = 0  # jails leased now (handed out, lease not yet ended)
-
-
 class FairLeases(Generic[J]):
     """The waiters for a warm jail, by tenant, and the jails each tenant was granted lately."""
 
     def __init__(self, reserve: int, *, clock: Callable[[], float] = time.monotonic):
         self.reserve = reserve
         self._clock = clock
-        self._tenants: dict[str, _Tenant[J]] = {}
-        # Tenants with waiters, least recently served first.
-        self._turns: collections.deque[str] = collections.deque()
+        self._waiters: TenantTurns[J] = TenantTurns()
+        self._holding: collections.Counter[str] = collections.Counter()  # jails leased now
         self._served: dict[str, float] = {}  # when each tenant was last handed a jail
         self._asked: dict[str, float] = {}  # when each tenant last asked, oldest first
         self._grants: collections.deque[tuple[float, str]] = collections.deque()  # oldest first
         self._granted: collections.Counter[str] = collections.Counter()  # of self._grants
-        self._waiting = 0
 
     @property
     def waiting(self) -> int:
         """Callers waiting for a jail, not yet handed one."""
-        return self._waiting
+        return len(self._waiters)
 
     def holding(self, tenant: str) -> int:
-        state = self._tenants.get(tenant)
-        return state.holding if state is not None else 0
+        """The jails `tenant` leases now (handed out, lease not yet ended)."""
+        return self._holding[tenant]
 
     def wait(self, tenant: str) -> asyncio.Future[J]:
         """Queue a caller of `tenant`; its future gets the jail `dispatch` hands it."""
-        state = self._tenants.setdefault(tenant, _Tenant())
         self._forget_old()
         self._asked.pop(tenant, None)
         self._asked[tenant] = self._clock()
         waiter: asyncio.Future[J] = asyncio.get_running_loop().create_future()
-        state.waiters.append(waiter)
-        self._waiting += 1
-        if tenant not in self._turns:
-            self._take_turn(tenant)
+        self._waiters.add(tenant, waiter, goes_before=self._served_after(tenant))
         return waiter
 
     def withdraw(self, tenant: str, waiter: asyncio.Future[J]) -> J | None:
@@ -97,39 +85,27 @@ class FairLeases(Generic[J]):
         if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
             self.returned(tenant)
             return waiter.result()
-        state = self._tenants.get(tenant)
-        if state is not None and waiter in state.waiters:
-            state.waiters.remove(waiter)
-            self._waiting -= 1
-            if not state.waiters:
-                with contextlib.suppress(ValueError):
-                    self._turns.remove(tenant)
-            self._forget_if_idle(tenant)
+        self._waiters.remove(tenant, waiter)
         return None
 
     def took(self, tenant: str) -> None:
         """`tenant` leases one more jail (handed out here, or started for it alone)."""
-        state = self._tenants.setdefault(tenant, _Tenant())
-        state.holding += 1
+        self._holding[tenant] += 1
         self._grants.append((self._clock(), tenant))
         self._granted[tenant] += 1
 
     def returned(self, tenant: str) -> None:
         """One of `tenant`'s leases ended."""
-        state = self._tenants[tenant]
-        state.holding -= 1
-        self._forget_if_idle(tenant)
+        self._holding[tenant] -= 1
+        if not self._holding[tenant]:
+            del self._holding[tenant]
 
     def dispatch(self, warm: collections.deque[J], starting: int) -> int:
         """Hand warm jails (oldest first) to waiters, in turn order, under the reserve rule
         (`starting`: jails being started); how many were handed out."""
         handed = 0
-        while warm and (tenant := self._next_turn(len(warm), starting)) is not None:
-            state = self._tenants[tenant]
-            waiter = state.waiters.popleft()
-            self._waiting -= 1
-            if state.waiters:
-                self._turns.append(tenant)
+        while warm and (turn := self._waiters.serve(self._may_take(len(warm), starting))):
+            tenant, waiter = turn
             self._served.pop(tenant, None)
             self._served[tenant] = self._clock()
             self.took(tenant)
@@ -139,48 +115,30 @@ class FairLeases(Generic[J]):
 
     def close(self, error: Exception) -> None:
         """Every waiter raises `error`."""
-        for state in self._tenants.values():
-            for waiter in state.waiters:
-                if not waiter.done():
-                    waiter.set_exception(error)
+        for waiter in self._waiters.clear():
+            if not waiter.done():
+                waiter.set_exception(error)
 
-    def _take_turn(self, tenant: str) -> None:
-        """Queue the tenant's turn ahead of the tenants served after it (or ever, if it was not
-        served within WINDOW_S)."""
+    def _served_after(self, tenant: str) -> Callable[[str], bool]:
+        """Whether another tenant was served after `tenant` (or `tenant` not within WINDOW_S):
+        a tenant that begins to wait takes its turn ahead of those."""
         last = self._served.get(tenant, -math.inf)
-        turns = self._turns
-        later = (i for i, other in enumerate(turns) if self._served.get(other, -math.inf) > last)
-        turns.insert(next(later, len(turns)), tenant)
+        return lambda other: self._served.get(other, -math.inf) > last
 
-    def _next_turn(self, warm: int, starting: int) -> str | None:
-        """The first tenant in turn order that may take one of `warm` jails; it leaves the
-        turn order (`dispatch` puts it back at the end while it has more waiters)."""
-        open_to_all = warm > self.reserve or starting == 0
-        below = () if open_to_all else self._below_share()
-        position = 0
-        while position < len(self._turns):
-            tenant = self._turns[position]
-            state = self._tenants[tenant]
-            # A cancelled waiter stays queued until its task wakes up; it must not use a turn.
-            while state.waiters and state.waiters[0].done():
-                state.waiters.popleft()
-                self._waiting -= 1
-            if not state.waiters:
-                del self._turns[position]
-                self._forget_if_idle(tenant)
-            elif open_to_all or not below or tenant in below:
-                del self._turns[position]
-                return tenant
-            else:
-                position += 1
-        return None
+    def _may_take(self, warm: int, starting: int) -> Callable[[str], bool]:
+        """Which tenants may take one of `warm` jails, under the reserve rule."""
+        if warm > self.reserve or starting == 0:
+            return lambda tenant: True
+        below = self._below_share()
+        return lambda tenant: not below or tenant in below
 
     def _below_share(self) -> set[str]:
         """The present tenants granted less than 1 / (tenants present) of the jails granted
         within WINDOW_S."""
         self._forget_old()
         since = self._clock() - PRESENT_S
-        present = self._tenants.keys() | {t for t, at in self._asked.items() if at >= since}
+        asked = {tenant for tenant, at in self._asked.items() if at >= since}
+        present = self._holding.keys() | self._waiters.tenants() | asked
         total = len(self._grants)
         return {tenant for tenant in present if self._granted[tenant] * len(present) < total}
 
@@ -195,9 +153,3 @@ class FairLeases(Generic[J]):
             self._granted[tenant] -= 1
             if not self._granted[tenant]:
                 del self._granted[tenant]
-
-    def _forget_if_idle(self, tenant: str) -> None:
-        """Drop a tenant that leases nothing and waits for nothing: state stays bounded."""
-        state = self._tenants.get(tenant)
-        if state is not None and not state.holding and not state.waiters:
-            del self._tenants[tenant]

@@ -44,6 +44,7 @@ def test_loading_the_settings_loads_no_telemetry_grpc_redis_or_jail_launch() -> 
         "sandboxd.limits",
         "sandboxd.listen",
         "sandboxd.tenants",
+        "sandboxd.turns",
     }
 
 
