@@ -119,7 +119,10 @@ asyncio.run(main())
 # something else), not the daemon's: on this VM whole-machine gaps of 20-25 ms with no CPU
 # sample at all (`perf`) come now and then, with or without a daemon.
 _CONTROL = r"""
-import json, time
+import json, signal, time
+# Python leaves SIGINT ignored when it starts with it ignored (a background job of a shell
+# without job control): the phase's end would never reach the control.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 stalls = []
 try:
     while True:
