@@ -3,6 +3,7 @@ redis-sentinel), for the failover tests."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -23,10 +24,10 @@ _READY_TIMEOUT_S = 30.0
 
 
 class _Process:
-    def __init__(self, argv: list[str], port: int):
+    def __init__(self, argv: list[str], port: int, password: str | None = None):
         self.port = port
         self.process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self.client = redis.Redis(port=port, socket_timeout=2)
+        self.client = redis.Redis(port=port, password=password, socket_timeout=2)
         _until(self._ping, f"port {port} to answer")
 
     def _ping(self) -> bool:
@@ -48,13 +49,17 @@ class _Process:
         self.process.wait(timeout=30)
 
 
-def _server(directory: Path, name: str, *extra: str, port: int | None = None) -> _Process:
+def _server(
+    directory: Path, name: str, *extra: str, port: int | None = None, password: str | None = None
+) -> _Process:
     directory.mkdir(exist_ok=True)
     port = port or free_port()
     argv = ["redis-server", "--bind", "127.0.0.1", "--port", str(port), "--dir", str(directory),
             "--save", "", "--appendonly", "no", "--logfile", str(directory / f"{name}.log"),
             *extra]  # fmt: skip
-    return _Process(argv, port)
+    if password is not None:  # asked of clients, and of the replica by its primary
+        argv += ["--requirepass", password, "--masterauth", password]
+    return _Process(argv, port, password)
 
 
 def _in_sync(server: _Process) -> bool:
@@ -72,15 +77,28 @@ def _until(check: object, what: str, timeout_s: float = _READY_TIMEOUT_S) -> Non
 
 
 class SentinelSet:
-    """One primary, one replica of it, and one Sentinel (quorum 1) watching them."""
+    """One primary, one replica of it, and one Sentinel (quorum 1) watching them; with
+    `password`, the primary and the replica ask for it, with `sentinel_password` the Sentinel."""
 
-    def __init__(self, directory: Path):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        password: str | None = None,
+        sentinel_password: str | None = None,
+    ):
         self.directory = directory
+        self.password = password
         if shutil.which("redis-sentinel") is None:
             raise RuntimeError("redis-sentinel is not installed (apt-get install redis-sentinel)")
-        self.primary = _server(directory / "primary", "primary")
+        self.primary = _server(directory / "primary", "primary", password=password)
         self.replica = _server(
-            directory / "replica", "replica", "--replicaof", "127.0.0.1", str(self.primary.port)
+            directory / "replica",
+            "replica",
+            "--replicaof",
+            "127.0.0.1",
+            str(self.primary.port),
+            password=password,
         )
         _until(self._replica_in_sync, "the replica to sync")
         config = directory / "sentinel.conf"
@@ -91,7 +109,12 @@ class SentinelSet:
             f"sentinel down-after-milliseconds {SERVICE} {DOWN_AFTER_MS}\n"
             f"sentinel failover-timeout {SERVICE} 10000\n"
         )
-        self.sentinel = _Process(["redis-sentinel", str(config)], port)
+        with config.open("a") as more:
+            if password is not None:  # quoted: a password may hold spaces
+                more.write(f"sentinel auth-pass {SERVICE} {json.dumps(password)}\n")
+            if sentinel_password is not None:
+                more.write(f"requirepass {json.dumps(sentinel_password)}\n")
+        self.sentinel = _Process(["redis-sentinel", str(config)], port, sentinel_password)
         _until(self._sentinel_sees_replica, "the Sentinel to find the replica")
 
     @property
@@ -133,6 +156,7 @@ class SentinelSet:
             "--replica-priority",
             "0",
             port=self.primary.port,
+            password=self.password,
         )
         _until(lambda: _in_sync(self.primary), "the old primary to sync as a replica", 60.0)
 

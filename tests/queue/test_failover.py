@@ -7,13 +7,15 @@ import asyncio
 import signal
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 from sandbox_client import ErrorKind, SandboxError, Step
 from sandbox_client._queue import QueueClient
+from sandbox_client.redisqueue.store import SENTINEL_SCHEME, SENTINEL_URL, connect
 from tests.queue import fake_worker
-from tests.queue.sentinel import SentinelSet
+from tests.queue.sentinel import SERVICE, SentinelSet
 
 STEP = Step("echo", "module.exports = async (ctx) => ctx.input")
 
@@ -100,3 +102,78 @@ async def test_an_enqueue_the_replica_never_got_is_lost_unless_the_client_waits_
             assert await careful.wait("b", timeout=30) == {"n": 2}
         finally:
             fake_worker.stop(worker)
+
+
+# Characters a URL must escape, so that the test shows they are unescaped.
+DATA_PASSWORD = "data p@ss:/"
+SENTINEL_PASSWORD = "sentinel&pass="
+
+
+async def test_a_sentinel_url_carries_the_data_nodes_and_the_sentinels_own_passwords(
+    tmp_path: Path,
+) -> None:
+    servers = SentinelSet(tmp_path, password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD)
+    hosts = f"127.0.0.1:{servers.sentinel.port}/{SERVICE}"
+    data, sentinel = quote(DATA_PASSWORD, safe=""), quote(SENTINEL_PASSWORD, safe="")
+    url = f"{SENTINEL_SCHEME}:{data}@{hosts}?sentinel_password={sentinel}"
+    worker = fake_worker.start(url, "w", slots=1)
+    try:
+        async with QueueClient(url) as queue:
+            execution_id = await queue.enqueue(tenant_id="acme", steps=[STEP], input={"n": 1})
+            assert await queue.wait(execution_id, timeout=30) == {"n": 1}
+        for wrong, refusal in [
+            (f"{SENTINEL_SCHEME}:{data}@{hosts}", f"No master found for '{SERVICE}'"),
+            (f"{SENTINEL_SCHEME}{hosts}?sentinel_password={sentinel}", "already authenticated"),
+        ]:
+            async with QueueClient(wrong) as queue:
+                with pytest.raises(SandboxError) as refused:
+                    await queue.enqueue(tenant_id="acme", steps=[STEP])
+            assert refused.value.kind is ErrorKind.UNAVAILABLE
+            assert refusal in refused.value.message
+    finally:
+        fake_worker.stop(worker)
+        servers.stop()
+
+
+async def test_a_sentinel_that_hangs_up_is_asked_once_before_the_next(
+    redis_set: SentinelSet,
+) -> None:
+    """The Sentinels are asked in turn; one that is down or refuses must not hold the discovery
+    back (with redis-py's own retries, 11 connections and 3.6 s before the next was asked)."""
+    hung_up: list[int] = []
+
+    def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hung_up.append(1)
+        writer.close()
+
+    broken = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = broken.sockets[0].getsockname()[1]
+    url = f"{SENTINEL_SCHEME}127.0.0.1:{port},127.0.0.1:{redis_set.sentinel.port}/{SERVICE}"
+    try:
+        async with QueueClient(url) as queue:
+            execution_id = await queue.enqueue(tenant_id="acme", steps=[STEP])
+            info = await queue.info(execution_id)
+        assert info is not None and info.state == "queued"
+        assert len(hung_up) == 1
+    finally:
+        broken.close()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("redis+sentinel://:secret@127.0.0.1:1", f"a Sentinel URL is {SENTINEL_URL}"),
+        ("redis+sentinel://:secret@127.0.0.1:1/q/zero", f"a Sentinel URL is {SENTINEL_URL}"),
+        (
+            "redis+sentinel://:secret@127.0.0.1:1/q?password=secret",
+            f"a Sentinel URL has no parameter password: {SENTINEL_URL}",
+        ),
+    ],
+)
+def test_a_malformed_sentinel_url_is_refused_without_saying_its_password(
+    url: str, message: str
+) -> None:
+    with pytest.raises(ValueError) as refused:
+        connect(url, max_connections=1)
+    assert str(refused.value) == message
+    assert "secret" not in str(refused.value)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeAlias, cast
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as redis
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -106,6 +107,11 @@ _INLINE_REQUEST_BYTES = 64 * 1024
 # ConnectionError; so is a primary that Sentinel demoted): the callers retry with backoff.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SENTINEL_SCHEME = "redis+sentinel://"
+SENTINEL_URL = (
+    f"{SENTINEL_SCHEME}[USER:PASSWORD@]HOST:PORT[,...]/SERVICE[/DB][?sentinel_password=P]"
+)
+# The Sentinels' own credentials: a Sentinel often has none, or others than the data nodes.
+_SENTINEL_PARAMETERS = {"sentinel_username": "username", "sentinel_password": "password"}
 
 Value: TypeAlias = bytes | str | int | float
 # How an event is stored: its entry id (ATTEMPT-SEQ), then EVENT_INLINE and the serialized event,
@@ -138,9 +144,10 @@ class _BlockingSentinelPool(SentinelConnectionPool, redis.BlockingConnectionPool
 
 
 def connect(redis_url: str, *, max_connections: int) -> redis.Redis:
-    """A client of `redis_url`: ``redis://HOST:PORT/DB``, or
-    ``redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`` for the primary that the
-    Sentinels name (connections move to the new primary after a failover)."""
+    """A client of `redis_url`: ``redis://[USER:PASSWORD@]HOST:PORT/DB`` (or ``rediss://``), or
+    a Sentinel URL (`SENTINEL_URL`) for the primary that the Sentinels name: connections move
+    to the new primary after a failover. A Sentinel URL's credentials are the data nodes';
+    the Sentinels' own come as `sentinel_username` / `sentinel_password` parameters."""
     # Every blocked reader holds a connection: callers beyond `max_connections` wait for one
     # rather than fail. A call that fails on a connection Redis dropped (a restart, a failover)
     # is retried on a new one; every call here is safe to repeat (see the scripts).
@@ -153,16 +160,39 @@ def connect(redis_url: str, *, max_connections: int) -> redis.Redis:
     }
     if not redis_url.startswith(SENTINEL_SCHEME):
         return redis.Redis.from_pool(redis.BlockingConnectionPool.from_url(redis_url, **options))
-    where, _, path = redis_url.removeprefix(SENTINEL_SCHEME).partition("/")
-    service, _, db = path.partition("/")
-    if not where or not service:
-        raise ValueError(f"{redis_url!r}: expected {SENTINEL_SCHEME}HOST:PORT[,...]/SERVICE[/DB]")
+    return _primary_of_sentinels(redis_url, options)
+
+
+def _primary_of_sentinels(redis_url: str, options: dict[str, Any]) -> redis.Redis:
+    url = urlsplit(redis_url)
+    hosts = url.netloc.rpartition("@")[2]
+    service, _, db = url.path.removeprefix("/").partition("/")
+    parameters = parse_qs(url.query, keep_blank_values=True)
+    # Said without the URL: it may hold passwords.
+    if not hosts or not service or not (db or "0").isdigit():
+        raise ValueError(f"a Sentinel URL is {SENTINEL_URL}")
+    if unknown := sorted(parameters.keys() - _SENTINEL_PARAMETERS.keys()):
+        raise ValueError(f"a Sentinel URL has no parameter {', '.join(unknown)}: {SENTINEL_URL}")
     sentinels = [
-        (host, int(port)) for host, _, port in (a.rpartition(":") for a in where.split(","))
+        (host, int(port)) for host, _, port in (a.rpartition(":") for a in hosts.split(","))
     ]
-    sentinel = Sentinel(sentinels, socket_timeout=SOCKET_TIMEOUT_S)  # type: ignore[no-untyped-call]
+    # Given sentinel_kwargs, redis-py uses only them to reach the Sentinels: the timeout too.
+    # Each Sentinel is asked once per discovery. With redis-py's default retries (backoff up to
+    # 10 s), a Sentinel that hung up held the first connection 3.6 s (11 tries), one that
+    # refused our password 15 s, before the next was asked. The connection to the primary
+    # retries the whole discovery (`options`).
+    own: dict[str, Any] = {"socket_timeout": SOCKET_TIMEOUT_S, "retry": Retry(NoBackoff(), 0)}
+    own.update((_SENTINEL_PARAMETERS[name], values[-1]) for name, values in parameters.items())
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        sentinels, socket_timeout=SOCKET_TIMEOUT_S, sentinel_kwargs=own
+    )
     primary = sentinel.master_for(
-        service, connection_pool_class=_BlockingSentinelPool, db=int(db or 0), **options
+        service,
+        connection_pool_class=_BlockingSentinelPool,
+        db=int(db or 0),
+        username=unquote(url.username) if url.username else None,
+        password=unquote(url.password) if url.password else None,
+        **options,
     )
     return cast(redis.Redis, primary)
 
