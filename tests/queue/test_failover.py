@@ -109,11 +109,17 @@ DATA_PASSWORD = "data p@ss:/"
 SENTINEL_PASSWORD = "sentinel&pass="
 
 
-async def test_a_sentinel_url_carries_the_data_nodes_and_the_sentinels_own_passwords(
-    tmp_path: Path,
-) -> None:
+@pytest.fixture
+def guarded_set(tmp_path: Path) -> Iterator[SentinelSet]:
     servers = SentinelSet(tmp_path, password=DATA_PASSWORD, sentinel_password=SENTINEL_PASSWORD)
-    hosts = f"127.0.0.1:{servers.sentinel.port}/{SERVICE}"
+    yield servers
+    servers.stop()
+
+
+async def test_a_sentinel_url_carries_the_data_nodes_and_the_sentinels_own_passwords(
+    guarded_set: SentinelSet,
+) -> None:
+    hosts = f"127.0.0.1:{guarded_set.sentinel.port}/{SERVICE}"
     data, sentinel = quote(DATA_PASSWORD, safe=""), quote(SENTINEL_PASSWORD, safe="")
     url = f"{SENTINEL_SCHEME}:{data}@{hosts}?sentinel_password={sentinel}"
     worker = fake_worker.start(url, "w", slots=1)
@@ -132,7 +138,6 @@ async def test_a_sentinel_url_carries_the_data_nodes_and_the_sentinels_own_passw
             assert refusal in refused.value.message
     finally:
         fake_worker.stop(worker)
-        servers.stop()
 
 
 async def test_a_sentinel_that_hangs_up_is_asked_once_before_the_next(
