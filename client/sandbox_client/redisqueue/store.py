@@ -108,7 +108,8 @@ _INLINE_REQUEST_BYTES = 64 * 1024
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
 SENTINEL_SCHEME = "redis+sentinel://"
 SENTINEL_URL = (
-    f"{SENTINEL_SCHEME}[USER:PASSWORD@]HOST:PORT[,...]/SERVICE[/DB][?sentinel_password=P]"
+    f"{SENTINEL_SCHEME}[USER:PASSWORD@]HOST:PORT[,...]/SERVICE[/DB]"
+    "[?sentinel_username=U&sentinel_password=P]"
 )
 # The Sentinels' own credentials: a Sentinel often has none, or others than the data nodes.
 _SENTINEL_PARAMETERS = {"sentinel_username": "username", "sentinel_password": "password"}
